@@ -1,0 +1,43 @@
+"""The ``pyro-vae`` command line: one module per subcommand in ``pyro_vae.commands``."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import List, Optional
+
+from .errors import UserError
+
+# name -> module in pyro_vae.commands defining ``add_arguments(parser)`` and ``run(args) -> int``
+COMMANDS = {
+    "train": "train",
+    "components": "components",
+}
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="pyro-vae", description="Variational autoencoders as Pyro programs: train, evaluate, compare.")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, module in COMMANDS.items():
+        mod = importlib.import_module(f"pyro_vae.commands.{module}")
+        sp = sub.add_parser(name, help=mod.__doc__.splitlines()[0], description=mod.__doc__)
+        mod.add_arguments(sp)
+        sp.set_defaults(_run=mod.run)
+    return p
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args._run(args)
+    except UserError as err:
+        print(f"pyro-vae: error: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("pyro-vae: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,43 @@
+"""Every registry in one place, and a description of all components generated from them."""
+
+from __future__ import annotations
+
+from .data import DATASETS
+from .decoders import DECODERS
+from .guides import GUIDES
+from .likelihoods import LIKELIHOODS
+from .priors import PRIORS
+
+# config section -> registry; the order is the order of the listing
+ALL_REGISTRIES = {
+    "model.prior": PRIORS,
+    "model.likelihood": LIKELIHOODS,
+    "model.decoder": DECODERS,
+    "guide": GUIDES,
+    "data": DATASETS,
+}
+
+
+def _default(value) -> str:
+    return "required" if value is ... else repr(value)
+
+
+def describe(markdown: bool = False) -> str:
+    """All registered components with their config keys, types and defaults."""
+    lines = []
+    for section, registry in ALL_REGISTRIES.items():
+        if markdown:
+            lines += [f"### `{section}.name`", "", "| name | description | parameters |", "|---|---|---|"]
+        else:
+            lines.append(f"{section}.name:")
+        for entry in registry:
+            params = entry.parameters()
+            shown = ", ".join(f"{k}: {t} = {_default(d)}" for k, (t, d) in params.items()) or "(none)"
+            if markdown:
+                shown_md = "<br>".join(f"`{k}`: {t} = `{_default(d)}`" for k, (t, d) in params.items()) or "none"
+                lines.append(f"| `{entry.name}` | {entry.summary} | {shown_md} |")
+            else:
+                lines.append(f"  {entry.name:<20} {entry.summary}")
+                lines.append(f"  {'':<20} keys: {shown}")
+        lines.append("")
+    return "\n".join(lines).rstrip() + "\n"

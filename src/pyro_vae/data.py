@@ -1,0 +1,190 @@
+"""Datasets: bundled digits, a user's ``.npz`` file, and synthetic linear-Gaussian draws.
+
+Every loader returns float32 tensors ``(N, x_dim)``; ``load_data`` splits them with a seeded
+permutation, checks them, and binarizes them for Bernoulli likelihoods when asked.
+"""
+
+from __future__ import annotations
+
+import math
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, Optional, Tuple
+
+import numpy as np
+import torch
+from pydantic import PositiveFloat, PositiveInt
+
+from .errors import DataError
+from .registry import Registry
+
+DATASETS = Registry("data")
+DATA_KEYS = ("binarize", "val_fraction", "test_fraction")  # keys of the data section itself
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class Raw:
+    """What a loader returns: all points in ``x`` (split later) or ready-made ``splits``."""
+
+    x: Optional[np.ndarray] = None
+    labels: Optional[np.ndarray] = None
+    splits: Optional[Dict[str, Tuple[np.ndarray, Optional[np.ndarray]]]] = None
+    image_shape: Optional[Tuple[int, ...]] = None
+    truth: Optional[Dict[str, np.ndarray]] = None
+
+
+@dataclass
+class Dataset:
+    """Train/val/test tensors ``(n, x_dim)``, optional integer labels, and metadata."""
+
+    name: str
+    train: torch.Tensor
+    val: torch.Tensor
+    test: torch.Tensor
+    labels: Dict[str, Optional[torch.Tensor]] = field(default_factory=dict)
+    image_shape: Optional[Tuple[int, ...]] = None
+    truth: Optional[Dict[str, torch.Tensor]] = None  # true parameters of synthetic data
+    binarize: str = "none"
+
+    @property
+    def x_dim(self) -> int:
+        return self.train.shape[1]
+
+    def split(self, name: str) -> torch.Tensor:
+        if name not in SPLITS:
+            raise DataError(f"--split {name}: choose one of {', '.join(SPLITS)}")
+        return getattr(self, name)
+
+
+@DATASETS.register("digits")
+class Digits:
+    """scikit-learn's bundled 8x8 handwritten digits (1797 images), pixels scaled to [0, 1]."""
+
+    def __init__(self):
+        pass
+
+    def load(self) -> Raw:
+        from sklearn.datasets import load_digits
+
+        bunch = load_digits()
+        return Raw(x=bunch.images.reshape(len(bunch.images), -1) / 16.0, labels=bunch.target, image_shape=(8, 8))
+
+
+@DATASETS.register("npz")
+class Npz:
+    """A user's ``.npz``: array ``x`` (optional ``y`` labels), or ``train``/``val``/``test`` (optional ``<split>_y``).
+
+    Arrays are ``(N, D)``, or images ``(N, H, W)`` that are flattened (the shape is kept for plots).
+    """
+
+    def __init__(self, *, path: str):
+        self.path = Path(path).expanduser()
+
+    def load(self) -> Raw:
+        arrays = self._read()
+        if "x" in arrays:
+            x, shape = self._matrix(arrays["x"], "x")
+            return Raw(x=x, labels=arrays.get("y"), image_shape=shape)
+        if all(s in arrays for s in SPLITS):
+            splits, shapes = {}, set()
+            for s in SPLITS:
+                x, shape = self._matrix(arrays[s], s)
+                splits[s] = (x, arrays.get(f"{s}_y"))
+                shapes.add((shape, x.shape[1]))
+            if len(shapes) != 1:
+                raise DataError(f"{self.path}: arrays train/val/test have different feature shapes")
+            return Raw(splits=splits, image_shape=shape)
+        raise DataError(f"{self.path}: expected an array 'x' or arrays 'train', 'val', 'test' (found: {', '.join(arrays) or 'none'})")
+
+    def _read(self) -> Dict[str, np.ndarray]:
+        if not self.path.is_file():
+            raise DataError(f"data.path: file not found: {self.path}")
+        try:
+            with np.load(self.path, allow_pickle=False) as f:
+                return {k: f[k] for k in f.files}
+        except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
+            raise DataError(f"data.path: cannot read {self.path} as .npz ({err.__class__.__name__})") from None
+
+    def _matrix(self, a: np.ndarray, key: str) -> Tuple[np.ndarray, Optional[Tuple[int, ...]]]:
+        if not np.issubdtype(a.dtype, np.number) and a.dtype != bool:
+            raise DataError(f"{self.path}: array '{key}' is not numeric (dtype {a.dtype})")
+        if a.ndim == 3:
+            return a.reshape(len(a), -1), tuple(a.shape[1:])
+        if a.ndim == 2:
+            return a, None
+        raise DataError(f"{self.path}: array '{key}' has shape {a.shape}; expected (N, D) or (N, H, W)")
+
+
+@DATASETS.register("synthetic")
+class Synthetic:
+    """Draws from a linear-Gaussian model x = W z + b + noise * eps, z, eps ~ N(0, I); keeps W, b, noise."""
+
+    def __init__(self, *, x_dim: PositiveInt = 10, latent_dim: PositiveInt = 2, noise: PositiveFloat = 0.5,
+                 n: PositiveInt = 2000, seed: int = 0):
+        self.x_dim, self.latent_dim, self.noise, self.n, self.seed = x_dim, latent_dim, noise, n, seed
+
+    def load(self) -> Raw:
+        rng = np.random.default_rng(self.seed)
+        W = rng.normal(size=(self.x_dim, self.latent_dim))
+        b = rng.normal(size=self.x_dim)
+        z = rng.normal(size=(self.n, self.latent_dim))
+        x = z @ W.T + b + self.noise * rng.normal(size=(self.n, self.x_dim))
+        return Raw(x=x, truth={"W": W, "b": b, "noise": np.array(self.noise)})
+
+
+def load_data(spec: Dict, seed: int) -> Dataset:
+    """Load, check, split and binarize the dataset that the ``data`` config section names."""
+
+    raw = DATASETS.build(spec, reserved=DATA_KEYS).load()
+    where = spec.get("path") or spec["name"]
+    if raw.splits is None:
+        splits = _split(raw.x, raw.labels, spec["val_fraction"], spec["test_fraction"], seed, where)
+    else:
+        splits = raw.splits
+    tensors, labels = {}, {}
+    for s in SPLITS:
+        x, y = splits[s]
+        x = np.asarray(x, dtype=np.float64)
+        if not np.isfinite(x).all():
+            bad = np.argwhere(~np.isfinite(x))[0]
+            raise DataError(f"{where}: {s} data has a non-finite value ({x[tuple(bad)]}) at row {bad[0]}, column {bad[1]}")
+        tensors[s] = torch.as_tensor(x, dtype=torch.float32)
+        labels[s] = None if y is None else torch.as_tensor(np.asarray(y)).long()
+    ds = Dataset(name=spec["name"], labels=labels, image_shape=raw.image_shape, binarize=spec["binarize"],
+                 truth=None if raw.truth is None else {k: torch.as_tensor(v, dtype=torch.float32) for k, v in raw.truth.items()},
+                 **tensors)
+    if spec["binarize"] != "none":
+        _binarize(ds, spec["binarize"], seed, where)
+    return ds
+
+
+def _split(x, y, val_fraction, test_fraction, seed, where):
+    n = len(x)
+    n_val, n_test = math.floor(n * val_fraction), math.floor(n * test_fraction)
+    n_train = n - n_val - n_test
+    if n_train < 1 or (val_fraction > 0 and n_val < 1) or (test_fraction > 0 and n_test < 1):
+        raise DataError(f"{where}: {n} points are too few for val_fraction={val_fraction}, test_fraction={test_fraction}")
+    if y is not None and len(y) != n:
+        raise DataError(f"{where}: {len(y)} labels for {n} points")
+    perm = np.random.default_rng(seed).permutation(n)
+    parts = np.split(perm, [n_train, n_train + n_val])
+    return {s: (x[idx], None if y is None else y[idx]) for s, idx in zip(SPLITS, parts)}
+
+
+def _binarize(ds: Dataset, mode: str, seed: int, where: str) -> None:
+    """Static: one seeded Bernoulli draw for every split. Dynamic: val/test drawn once; train redrawn each epoch."""
+    for s in SPLITS:
+        x = ds.split(s)
+        if x.numel() and (x.min() < 0 or x.max() > 1):
+            raise DataError(f"data.binarize: {where} {s} data has values in [{float(x.min()):g}, {float(x.max()):g}]; binarizing needs [0, 1]")
+    g = torch.Generator().manual_seed(seed + 7919)
+    for s in SPLITS:
+        if mode == "static" or s != "train":
+            setattr(ds, s, torch.bernoulli(ds.split(s), generator=g))
+
+
+def binarize_batch(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """A fresh Bernoulli draw of grey values in [0, 1] (dynamic binarization)."""
+    return torch.bernoulli(x, generator=generator)

@@ -1,0 +1,30 @@
+"""Test setup: a clean param store, Pyro validation on and a fixed seed for every test."""
+
+import os
+import subprocess
+import sys
+
+import pyro
+import pytest
+import torch
+
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+
+@pytest.fixture(autouse=True)
+def clean_pyro():
+    pyro.clear_param_store()
+    pyro.enable_validation(True)
+    pyro.set_rng_seed(0)
+    yield
+    pyro.clear_param_store()
+
+
+def run_cli(*args, cwd=None, timeout=600):
+    """Run ``python -m pyro_vae ARGS`` in a subprocess; returns the CompletedProcess."""
+    return subprocess.run([sys.executable, "-m", "pyro_vae", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, timeout=timeout)
+
+
+TINY = ["--set", "train.epochs=2", "--set", "model.decoder.hidden=[16]", "--set", "guide.hidden=[16]",
+        "--no-progress"]
