@@ -14,6 +14,7 @@ from pyro_vae.likelihoods import LIKELIHOODS
 from pyro_vae.priors import PRIORS
 
 LATENT, X_DIM, BATCH = 3, 6, 5
+IMAGE = (2, 3)  # X_DIM as an image, so image-only components (conv) are tested too
 
 
 def data_for(likelihood_name):
@@ -23,7 +24,8 @@ def data_for(likelihood_name):
 
 @pytest.mark.parametrize("name", PRIORS.names())
 def test_prior(name):
-    prior = PRIORS.build(PRIORS.resolve({"name": name}), LATENT)
+    # through build_vae, so priors that need the rest of the VAE (vamp) are bound to it
+    prior = build_vae(validate_config({"model": {"latent_dim": LATENT, "prior": {"name": name}}}), X_DIM).prior
     p = prior()
     assert p.event_shape == (LATENT,)
     z = p.sample((BATCH,))
@@ -43,14 +45,14 @@ def test_likelihood(name):
 
 @pytest.mark.parametrize("name", DECODERS.names())
 def test_decoder(name):
-    dec = DECODERS.build(DECODERS.resolve({"name": name}), LATENT, X_DIM)
+    dec = DECODERS.build(DECODERS.resolve({"name": name}), LATENT, X_DIM, IMAGE)
     assert dec(torch.randn(BATCH, LATENT)).shape == (BATCH, X_DIM)
     assert dec(torch.randn(4, BATCH, LATENT)).shape == (4, BATCH, X_DIM)  # vectorized particles
 
 
 @pytest.mark.parametrize("name", GUIDES.names())
 def test_guide(name):
-    enc = GUIDES.build(GUIDES.resolve({"name": name}), X_DIM, LATENT)
+    enc = GUIDES.build(GUIDES.resolve({"name": name}), X_DIM, LATENT, IMAGE)
     q = enc(torch.rand(BATCH, X_DIM))
     assert q.event_shape == (LATENT,) and q.batch_shape == (BATCH,)
     z = q.rsample()
@@ -77,7 +79,7 @@ def config_with(section, name):
 @pytest.mark.parametrize("section,name", list(vae_cases()))
 def test_vae_sites_shapes_and_model_guide_match(section, name):
     cfg = config_with(section, name)
-    vae = build_vae(cfg, X_DIM)
+    vae = build_vae(cfg, X_DIM, IMAGE)
     x = data_for(cfg.model.likelihood["name"])
     guide_trace = poutine.trace(vae.guide).get_trace(x)
     model_trace = poutine.trace(poutine.replay(vae.model, trace=guide_trace)).get_trace(x)

@@ -13,6 +13,9 @@ from .errors import UserError
 COMMANDS = {
     "train": "train",
     "components": "components",
+    "resume": "resume",
+    "evaluate": "evaluate",
+    "compare": "compare",
 }
 
 

@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Literal, Optional
 
 import yaml
 from pydantic import (BaseModel, ConfigDict, Field, NonNegativeFloat, NonNegativeInt, PositiveFloat,
-                      PositiveInt, ValidationError, field_validator)
+                      PositiveInt, ValidationError, field_validator, model_validator)
 
 from .data import DATASETS, DATA_KEYS
 from .decoders import DECODERS
@@ -79,10 +79,30 @@ class ModelConfig(Section):
 class InferenceConfig(Section):
     """``inference``: the objective and its estimator."""
 
+    objective: Literal["elbo", "iwae", "renyi"] = "elbo"  # renyi: RenyiELBO(alpha); iwae is renyi with alpha = 0
+    estimator: Literal["reparam", "score_function"] = "reparam"  # score_function: TraceGraph_ELBO on a non-reparameterized q
     kl: Literal["analytic", "monte_carlo"] = "analytic"
     num_particles: PositiveInt = 1
+    alpha: float = 0.0  # order of the Renyi bound (objective: renyi); alpha = 1 is the ELBO
     beta: PositiveFloat = 1.0  # poutine.scale needs > 0
     kl_warmup_epochs: NonNegativeInt = 0
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        """IWAE, Renyi and the score-function estimator have no closed-form KL term: an unset ``kl``
+        becomes ``monte_carlo`` (so config.yaml and the KL report say what is used), a set one is an error.
+
+        ConfigError (not ValueError) passes through pydantic unwrapped, so the message stays one clean line."""
+        if self.objective == "renyi" and self.alpha == 1.0:
+            raise ConfigError("inference.alpha: 1 makes the Renyi bound the ELBO; use inference.objective=elbo")
+        if self.objective != "elbo" and self.estimator == "score_function":
+            raise ConfigError("inference.estimator: score_function is supported with inference.objective=elbo only")
+        if self.objective != "elbo" or self.estimator == "score_function":
+            if self.kl == "analytic" and "kl" in self.model_fields_set:
+                what = f"objective={self.objective}" if self.objective != "elbo" else "estimator=score_function"
+                raise ConfigError(f"inference.kl: 'analytic' is not available with inference.{what}; set inference.kl=monte_carlo")
+            self.kl = "monte_carlo"
+        return self
 
 
 class OptimConfig(Section):
@@ -98,6 +118,10 @@ class TrainConfig(Section):
     epochs: PositiveInt = 100
     batch_size: PositiveInt = 64
     validate_args: bool = False  # Pyro's distribution checks: on in tests, off in the hot loop for speed
+    checkpoint_every_steps: Optional[PositiveInt] = None  # also checkpoint mid-epoch (None: at epoch ends only)
+    on_nonfinite: Literal["stop", "skip"] = "stop"  # a NaN/inf loss or gradient: stop, or skip that step
+    engine: Literal["auto", "pyro", "fused"] = "auto"  # pyro: Pyro's ELBO; fused: the same ELBO without tracing (fused.py); auto: fused where it covers the objective
+    compile: bool = False  # torch.compile the fused loss and its backward (the first compile takes seconds to a minute)
 
 
 class Config(Section):

@@ -10,11 +10,11 @@ import math
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Optional, Tuple
+from typing import Dict, Literal, Optional, Tuple
 
 import numpy as np
 import torch
-from pydantic import PositiveFloat, PositiveInt
+from pydantic import NonNegativeInt, PositiveFloat, PositiveInt
 
 from .errors import DataError
 from .registry import Registry
@@ -132,6 +132,114 @@ class Synthetic:
         z = rng.normal(size=(self.n, self.latent_dim))
         x = z @ W.T + b + self.noise * rng.normal(size=(self.n, self.x_dim))
         return Raw(x=x, truth={"W": W, "b": b, "noise": np.array(self.noise)})
+
+
+@DATASETS.register("synthetic_mixture")
+class SyntheticMixture:
+    """Draws from a Gaussian mixture: z ~ Categorical(weights), x = locs[z] + scales[z] * eps; keeps weights, locs, scales.
+
+    Means are ``separation`` times standard Normal draws; per-component scales are drawn in
+    [0.5, 1.5] (one per component when ``covariance_type: spherical``, one per feature when ``diag``).
+    """
+
+    def __init__(self, *, x_dim: PositiveInt = 2, num_components: PositiveInt = 3, separation: PositiveFloat = 3.0,
+                 covariance_type: Literal["spherical", "diag"] = "spherical", n: PositiveInt = 1000, seed: int = 0):
+        self.x_dim, self.num_components, self.separation = x_dim, num_components, separation
+        self.covariance_type, self.n, self.seed = covariance_type, n, seed
+
+    def load(self) -> Raw:
+        rng = np.random.default_rng(self.seed)
+        k, d = self.num_components, self.x_dim
+        weights = rng.dirichlet(np.full(k, 5.0))
+        locs = self.separation * rng.normal(size=(k, d))
+        scales = rng.uniform(0.5, 1.5, size=(k, 1) if self.covariance_type == "spherical" else (k, d))
+        z = rng.choice(k, size=self.n, p=weights)
+        x = locs[z] + scales[z] * rng.normal(size=(self.n, d))
+        return Raw(x=x, labels=z, truth={"weights": weights, "locs": locs, "scales": np.broadcast_to(scales, (k, d)).copy()})
+
+
+IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+IDX_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+             "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"  # where Debian's dataset-fashion-mnist installs it
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """An IDX file (LeCun's MNIST format, optionally gzipped): magic ``0 0 dtype ndim``, big-endian int32 dims, data."""
+    import gzip
+
+    try:
+        opener = gzip.open if path.suffix == ".gz" else open
+        with opener(path, "rb") as f:
+            blob = f.read()
+    except (OSError, EOFError) as err:
+        raise DataError(f"data.path: cannot read {path} ({err.__class__.__name__})") from None
+    if len(blob) < 4 or blob[0] != 0 or blob[1] != 0 or blob[2] not in IDX_DTYPES:
+        raise DataError(f"{path}: not an IDX file (bad magic number)")
+    ndim = blob[3]
+    dims = np.frombuffer(blob, ">i4", count=ndim, offset=4) if len(blob) >= 4 + 4 * ndim else None
+    dtype = np.dtype(IDX_DTYPES[blob[2]])
+    if dims is None or len(blob) != 4 + 4 * ndim + int(np.prod(dims)) * dtype.itemsize:
+        raise DataError(f"{path}: truncated IDX file (its header promises shape {None if dims is None else tuple(dims)})")
+    data = np.frombuffer(blob, dtype, offset=4 + 4 * ndim).reshape(tuple(int(d) for d in dims))
+    return data.astype(dtype.newbyteorder("="))  # a writable copy in native byte order
+
+
+@DATASETS.register("mnist")
+class Mnist:
+    """MNIST-format IDX files in the directory ``path`` (``train-images-idx3-ubyte`` etc., ``.gz`` or not).
+
+    Pixels are scaled to [0, 1]. The last ``val_size`` training images are the validation split
+    and ``t10k`` is the test split (MNIST's 50k/10k/10k), so ``val_fraction``/``test_fraction`` do not apply.
+    """
+
+    def __init__(self, *, path: str, val_size: NonNegativeInt = 10000):
+        self.path = Path(path).expanduser()
+        self.val_size = val_size
+
+    def _file(self, stem: str) -> Path:
+        for candidate in (self.path / stem, self.path / f"{stem}.gz"):
+            if candidate.is_file():
+                return candidate
+        raise DataError(f"data.path: {self.path} has no {stem} (or {stem}.gz)")
+
+    def _split(self, which: str) -> Tuple[np.ndarray, np.ndarray]:
+        images, labels = (read_idx(self._file(stem)) for stem in IDX_FILES[which])
+        if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+            raise DataError(f"{self.path}: {which} images {images.shape} and labels {labels.shape} do not match "
+                            f"(expected (N, H, W) and (N,))")
+        return images, labels
+
+    def load(self) -> Raw:
+        if not self.path.is_dir():
+            raise DataError(f"data.path: directory not found: {self.path}")
+        (train_x, train_y), (test_x, test_y) = self._split("train"), self._split("test")
+        if train_x.shape[1:] != test_x.shape[1:]:
+            raise DataError(f"{self.path}: train images are {train_x.shape[1:]} but test images {test_x.shape[1:]}")
+        n_train = len(train_x) - self.val_size
+        if n_train < 1:
+            raise DataError(f"data.val_size: {self.val_size} leaves no training images of {len(train_x)}")
+        scale = 255.0 if train_x.dtype == np.uint8 else 1.0
+        flat = lambda a: a.reshape(len(a), -1) / scale  # noqa: E731
+        return Raw(splits={"train": (flat(train_x[:n_train]), train_y[:n_train]),
+                           "val": (flat(train_x[n_train:]), train_y[n_train:]),
+                           "test": (flat(test_x), test_y)},
+                   image_shape=tuple(train_x.shape[1:]))
+
+
+@DATASETS.register("fashion_mnist")
+class FashionMnist(Mnist):
+    """Fashion-MNIST (Xiao et al. 2017) as installed by Debian's ``dataset-fashion-mnist`` package, or a
+    user's copy of its IDX files at ``path``; 28x28 grey images of 10 clothing classes, 50k/10k/10k."""
+
+    def __init__(self, *, path: str = FASHION_MNIST_DIR, val_size: NonNegativeInt = 10000):
+        super().__init__(path=path, val_size=val_size)
+
+    def load(self) -> Raw:
+        if not self.path.is_dir():
+            raise DataError(f"data.path: Fashion-MNIST not found at {self.path}; install Debian's "
+                            f"dataset-fashion-mnist (apt-get install dataset-fashion-mnist) or set data.path")
+        return super().load()
 
 
 def load_data(spec: Dict, seed: int) -> Dataset:

@@ -33,17 +33,14 @@ class Likelihood(nn.Module):
         """Raise :class:`DataError` if ``x`` (already binarized if asked) cannot be modelled."""
 
 
-@LIKELIHOODS.register("normal")
-class NormalLikelihood(Likelihood):
-    """x | z ~ N(g(z), sigma^2 I); sigma fixed (``learn_scale: none``), one learned sigma (``global``), or one per feature."""
+LearnScale = Literal["none", "global", "per_feature"]
 
-    def __init__(
-        self,
-        x_dim: int,
-        *,
-        scale: PositiveFloat = 0.1,
-        learn_scale: Literal["none", "global", "per_feature"] = "none",
-    ):
+
+class LocScaleLikelihood(Likelihood):
+    """Base class: x_i | z ~ family(loc = g_i(z), scale sigma) with sigma fixed (``learn_scale: none``),
+    one learned sigma (``global``) or one learned sigma per feature (``per_feature``)."""
+
+    def __init__(self, x_dim: int, scale: float, learn_scale: str):
         super().__init__(x_dim)
         self.learn_scale = learn_scale
         shape = (x_dim,) if learn_scale == "per_feature" else ()
@@ -57,8 +54,46 @@ class NormalLikelihood(Likelihood):
     def scale(self) -> torch.Tensor:
         return self.log_scale.exp()
 
+    def family(self, loc: torch.Tensor, scale: torch.Tensor) -> dist.Distribution:
+        raise NotImplementedError
+
     def forward(self, loc: torch.Tensor) -> dist.Distribution:
-        return dist.Normal(loc, self.scale.expand(loc.shape[-1:])).to_event(1)
+        return self.family(loc, self.scale.expand(loc.shape)).to_event(1)
+
+
+@LIKELIHOODS.register("normal")
+class NormalLikelihood(LocScaleLikelihood):
+    """x | z ~ N(g(z), sigma^2 I); sigma fixed (``learn_scale: none``), one learned sigma (``global``), or one per feature."""
+
+    def __init__(self, x_dim: int, *, scale: PositiveFloat = 0.1, learn_scale: LearnScale = "none"):
+        super().__init__(x_dim, scale, learn_scale)
+
+    def family(self, loc, scale):
+        return dist.Normal(loc, scale)
+
+
+@LIKELIHOODS.register("laplace")
+class LaplaceLikelihood(LocScaleLikelihood):
+    """x_i | z ~ Laplace(g_i(z), b): log p(x|z) is minus an L1 reconstruction error / b; ``learn_scale`` as for normal."""
+
+    def __init__(self, x_dim: int, *, scale: PositiveFloat = 0.1, learn_scale: LearnScale = "none"):
+        super().__init__(x_dim, scale, learn_scale)
+
+    def family(self, loc, scale):
+        return dist.Laplace(loc, scale)
+
+
+@LIKELIHOODS.register("student_t")
+class StudentTLikelihood(LocScaleLikelihood):
+    """x_i | z ~ StudentT(df, g_i(z), sigma): a Normal likelihood robust to outliers (df -> inf is the Normal)."""
+
+    def __init__(self, x_dim: int, *, df: PositiveFloat = 3.0, scale: PositiveFloat = 0.1,
+                 learn_scale: LearnScale = "none"):
+        super().__init__(x_dim, scale, learn_scale)
+        self.register_buffer("df", torch.tensor(float(df)))
+
+    def family(self, loc, scale):
+        return dist.StudentT(self.df.expand(loc.shape), loc, scale)
 
 
 @LIKELIHOODS.register("bernoulli")
@@ -74,4 +109,24 @@ class BernoulliLikelihood(Likelihood):
             raise DataError(
                 f"model.likelihood.name: 'bernoulli' needs data in {{0, 1}} but {where} has values in "
                 f"[{lo:g}, {hi:g}]; set data.binarize=static or data.binarize=dynamic"
+            )
+
+
+@LIKELIHOODS.register("continuous_bernoulli")
+class ContinuousBernoulliLikelihood(Likelihood):
+    """x_i | z ~ ContinuousBernoulli(sigmoid(g_i(z))) on [0, 1] (Loaiza-Ganem & Cunningham 2019).
+
+    p(x; lam) = C(lam) lam^x (1 - lam)^(1 - x) with C(lam) = 2 atanh(1 - 2 lam) / (1 - 2 lam):
+    the Bernoulli formula plus the normalizer that makes it a density for grey-level data.
+    """
+
+    def forward(self, logits: torch.Tensor) -> dist.Distribution:
+        return dist.ContinuousBernoulli(logits=logits).to_event(1)
+
+    def check_data(self, x: torch.Tensor, where: str) -> None:
+        if not bool(((x >= 0) & (x <= 1)).all()):
+            lo, hi = float(x.min()), float(x.max())
+            raise DataError(
+                f"model.likelihood.name: 'continuous_bernoulli' needs data in [0, 1] but {where} has values in "
+                f"[{lo:g}, {hi:g}]; rescale the data or use 'normal', 'laplace' or 'student_t'"
             )

@@ -6,10 +6,15 @@ arguments are its config keys (``model.prior.<key>``).
 
 from __future__ import annotations
 
+from typing import List, Literal
+
 import pyro.distributions as dist
+import pyro.distributions.transforms as T
 import torch
-from pydantic import PositiveFloat
+from pydantic import PositiveFloat, PositiveInt
+from pyro.nn import AutoRegressiveNN
 from torch import nn
+from torch.nn.functional import softplus
 
 from .registry import Registry
 
@@ -69,3 +74,135 @@ class LaplacePrior(Prior):
 
     def forward(self) -> dist.Distribution:
         return dist.Laplace(self.loc, self.scale).to_event(1)
+
+
+MIN_SCALE = 1e-4  # keeps learned scales away from 0, where log p(z) blows up
+SOFTPLUS_INV_1 = 0.5413248546129181  # softplus(x) = 1 at this x: learned scales start at 1
+
+
+def positive_scale(raw: torch.Tensor) -> torch.Tensor:
+    return softplus(raw) + MIN_SCALE
+
+
+@PRIORS.register("learned_normal")
+class LearnedNormalPrior(Prior):
+    """p(z) = N(m, diag s^2) with learnable m and s (starting at N(0, I)); closed-form KL to a Normal guide."""
+
+    def __init__(self, latent_dim: int):
+        super().__init__(latent_dim)
+        self.loc = nn.Parameter(torch.zeros(latent_dim))
+        self.raw_scale = nn.Parameter(torch.full((latent_dim,), SOFTPLUS_INV_1))
+
+    def forward(self) -> dist.Distribution:
+        return dist.Normal(self.loc, positive_scale(self.raw_scale)).to_event(1)
+
+
+@PRIORS.register("mixture")
+class MixturePrior(Prior):
+    """p(z) = sum_k pi_k N(z; m_k, diag s_k^2): ``num_components`` learnable Gaussians and weights.
+
+    Means start at N(0, ``init_spread``^2 I) draws so the components can separate; there is no
+    closed-form KL to any guide, so the ELBO uses Monte Carlo for this site.
+    """
+
+    def __init__(self, latent_dim: int, *, num_components: PositiveInt = 10, init_spread: PositiveFloat = 1.0):
+        super().__init__(latent_dim)
+        self.logits = nn.Parameter(torch.zeros(num_components))
+        self.locs = nn.Parameter(init_spread * torch.randn(num_components, latent_dim))
+        self.raw_scales = nn.Parameter(torch.full((num_components, latent_dim), SOFTPLUS_INV_1))
+
+    def forward(self) -> dist.Distribution:
+        components = dist.Normal(self.locs, positive_scale(self.raw_scales)).to_event(1)  # batch (K,), event (D,)
+        return dist.MixtureSameFamily(dist.Categorical(logits=self.logits), components)
+
+
+class ExpandedMixture(dist.MixtureSameFamily):
+    """``MixtureSameFamily`` that evaluates components on ``z`` expanded to ``(..., K, latent_dim)``.
+
+    torch passes ``(..., 1, latent_dim)`` and relies on broadcasting, which a guide flow conditioned
+    on its K pseudo-inputs cannot do (Pyro's autoregressive networks expand their context to the
+    input's shape, not the other way round).
+    """
+
+    def _pad(self, x: torch.Tensor) -> torch.Tensor:
+        x = super()._pad(x)  # (..., 1, latent_dim)
+        return x.expand(*x.shape[:-2], self._num_component, x.shape[-1])
+
+
+@PRIORS.register("vamp")
+class VampPrior(Prior):
+    """VampPrior (Tomczak & Welling 2018): p(z) = (1/K) sum_k q(z | u_k), the guide at K learnable pseudo-inputs.
+
+    The pseudo-inputs u (``(num_components, x_dim)``, initialized uniform in [0, 1] like image
+    data) belong to this module, so they are model parameters; the guide network is shared with
+    the VAE's encoder (``bind``), so the prior moves whenever the guide does.
+    """
+
+    def __init__(self, latent_dim: int, *, num_components: PositiveInt = 50):
+        super().__init__(latent_dim)
+        self.num_components = num_components
+        self.encoder = None
+        self.pseudo_inputs = None
+
+    def bind(self, vae: nn.Module) -> None:
+        # a plain attribute, not a submodule: the encoder is already registered (and optimized) as the guide's
+        object.__setattr__(self, "encoder", vae.encoder)
+        self.pseudo_inputs = nn.Parameter(torch.rand(self.num_components, vae.x_dim))
+
+    def forward(self) -> dist.Distribution:
+        if self.encoder is None:
+            raise RuntimeError("VampPrior needs bind(vae) before use: build it with build_vae")
+        components = self.encoder(self.pseudo_inputs)  # batch (K,), event (latent_dim,)
+        mixing = dist.Categorical(logits=torch.zeros(self.num_components, device=self.pseudo_inputs.device))
+        return ExpandedMixture(mixing, components)
+
+
+def quadratic_spline_autoregressive(input_dim: int, hidden_dims: List[int], count_bins: int = 8,
+                                    bound: float = 3.0) -> T.SplineAutoregressive:
+    """Pyro's ``spline_autoregressive`` with quadratic splines (its helper sizes the network for linear ones only)."""
+    arn = AutoRegressiveNN(input_dim, hidden_dims, param_dims=[count_bins, count_bins, count_bins - 1])
+    return T.SplineAutoregressive(input_dim, arn, count_bins=count_bins, bound=bound, order="quadratic")
+
+
+# Pyro's default "linear" rational splines do not integrate to 1 (0.996 for one random spline on
+# a fine grid); the quadratic ones do (tests/test_priors.py), so every spline here is quadratic
+FLOW_TRANSFORMS = {
+    "spline_autoregressive": quadratic_spline_autoregressive,
+    "affine_autoregressive": T.affine_autoregressive,
+    "spline_coupling": T.spline_coupling,  # always quadratic
+}
+
+
+@PRIORS.register("flow")
+class FlowPrior(Prior):
+    """p(z): N(0, I) pushed through ``num_flows`` learnable normalizing flows (autoregressive or coupling).
+
+    u ~ N(0, I), z = f_K(...f_1(u)).
+
+    log p(z) = log N(f^{-1}(z); 0, I) + log|det d f^{-1}/dz|. The ELBO evaluates log p(z) at
+    the guide's samples, so the autoregressive kinds run in the MAF direction (density in one
+    pass, sampling in ``latent_dim`` passes). Latent order is reversed between flows; with
+    ``latent_dim`` 1 every flow is Pyro's elementwise spline (what any 1-D flow reduces to).
+    """
+
+    def __init__(self, latent_dim: int, *, num_flows: PositiveInt = 2,
+                 transform: Literal["spline_autoregressive", "affine_autoregressive", "spline_coupling"] = "spline_autoregressive",
+                 hidden: List[PositiveInt] = [32]):
+        super().__init__(latent_dim)
+        self.register_buffer("loc", torch.zeros(latent_dim))
+        self.register_buffer("scale", torch.ones(latent_dim))
+        self.register_buffer("reverse", torch.arange(latent_dim - 1, -1, -1), persistent=False)
+        if latent_dim == 1:
+            self.flows = nn.ModuleList(T.spline(1, order="quadratic") for _ in range(num_flows))
+        else:
+            make = FLOW_TRANSFORMS[transform]
+            self.flows = nn.ModuleList(make(latent_dim, hidden_dims=list(hidden)) for _ in range(num_flows))
+        self.maf = transform != "spline_coupling" and latent_dim > 1
+
+    def forward(self) -> dist.Distribution:
+        transforms = []
+        for k, flow in enumerate(self.flows):
+            if k and self.latent_dim > 1:
+                transforms.append(T.Permute(self.reverse))
+            transforms.append(flow.inv if self.maf else flow)
+        return dist.TransformedDistribution(dist.Normal(self.loc, self.scale).to_event(1), transforms)

@@ -11,10 +11,12 @@ Layout::
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Dict, List
@@ -23,7 +25,10 @@ import torch
 
 from .errors import RunDirError
 
-CHECKPOINT_FORMAT = "pyro_vae.checkpoint/1"
+CHECKPOINT_FORMAT = "pyro_vae.checkpoint/2"
+# A checkpoint is one header line ``MAGIC <sha256 of payload> <payload bytes>`` and a torch.save payload,
+# so truncation (length) and corruption (checksum) are detected before unpickling anything.
+CHECKPOINT_MAGIC = b"PYRO_VAE_CHECKPOINT"
 OWN_FILES = ("config.yaml", "metrics.jsonl", "checkpoint.pt", "checkpoint.prev.pt", "summary.json", "evaluation.json")
 OWN_DIRS = ("plots",)
 
@@ -44,6 +49,37 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
+class CheckpointError(Exception):
+    """Why a checkpoint file cannot be used (completes the sentence "checkpoint.pt ...")."""
+
+
+def encode_checkpoint(state: Dict[str, Any]) -> bytes:
+    buf = io.BytesIO()
+    torch.save({"format": CHECKPOINT_FORMAT, **state}, buf)
+    payload = buf.getvalue()
+    header = b"%s %s %d\n" % (CHECKPOINT_MAGIC, hashlib.sha256(payload).hexdigest().encode(), len(payload))
+    return header + payload
+
+
+def decode_checkpoint(data: bytes) -> Dict[str, Any]:
+    """Check the header, length and checksum, then unpickle with ``weights_only`` (tensors and plain data only)."""
+    header, _, payload = data.partition(b"\n")
+    parts = header.split(b" ")
+    if len(parts) != 3 or parts[0] != CHECKPOINT_MAGIC or not parts[2].isdigit():
+        raise CheckpointError("is not a pyro_vae checkpoint" if data else "is empty")
+    if len(payload) != int(parts[2]):
+        raise CheckpointError(f"is truncated ({len(payload)} of {int(parts[2])} bytes)")
+    if hashlib.sha256(payload).hexdigest().encode() != parts[1]:
+        raise CheckpointError("is corrupt (checksum mismatch)")
+    try:
+        state = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many types for a payload it cannot read
+        raise CheckpointError(f"cannot be read ({err.__class__.__name__})") from None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"has an unknown format (expected {CHECKPOINT_FORMAT})")
+    return state
+
+
 def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
 
@@ -53,6 +89,7 @@ class RunDir:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        self._current_is_good = True  # False after falling back: a corrupt checkpoint.pt must not become .prev
 
     config = property(lambda self: self.path / "config.yaml")
     metrics = property(lambda self: self.path / "metrics.jsonl")
@@ -88,6 +125,12 @@ class RunDir:
             raise RunDirError(f"{run.path}: not a run directory (no config.yaml)")
         return run
 
+    def remove_stale_temporaries(self) -> None:
+        """Delete the temporary files of atomic writes that a killed process left behind (only ours)."""
+        for tmp in self.path.glob(".*.tmp"):
+            if any(tmp.name.startswith(f".{name}.") for name in OWN_FILES + ("checkpoint",)):
+                tmp.unlink(missing_ok=True)
+
     def write_config(self, text: str) -> None:
         atomic_write_bytes(self.config, text.encode())
 
@@ -108,31 +151,54 @@ class RunDir:
         return rows
 
     def save_checkpoint(self, state: Dict[str, Any]) -> None:
-        """Atomically replace ``checkpoint.pt``, keeping the previous one as ``checkpoint.prev.pt``."""
-        buf = io.BytesIO()
-        torch.save({"format": CHECKPOINT_FORMAT, **state}, buf)
-        if self.checkpoint.exists():
-            os.replace(self.checkpoint, self.previous_checkpoint)
-        atomic_write_bytes(self.checkpoint, buf.getvalue())
+        """Atomically replace ``checkpoint.pt``, keeping the previous good one as ``checkpoint.prev.pt``.
 
-    def load_checkpoint(self) -> Dict[str, Any]:
-        """The newest readable checkpoint; a corrupt newest one falls back to the previous one."""
-        errors = []
+        The new file is complete on disk (written, flushed, fsynced) before anything is renamed, and
+        the old one becomes ``.prev`` through a hard link, so ``checkpoint.pt`` is whole at every moment
+        (renaming it away first would leave a window without it: ext4 may flush on a replacing rename).
+        """
+        data = encode_checkpoint(state)
+        fd, tmp = tempfile.mkstemp(prefix=".checkpoint.", suffix=".tmp", dir=self.path)
+        link = tmp[: -len(".tmp")] + ".prev.tmp"
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            if self._current_is_good and self.checkpoint.exists():
+                try:
+                    os.link(self.checkpoint, link)
+                    os.replace(link, self.previous_checkpoint)
+                except OSError:  # a filesystem without hard links: rename (briefly no checkpoint.pt; .prev is whole)
+                    os.replace(self.checkpoint, self.previous_checkpoint)
+            os.replace(tmp, self.checkpoint)
+            self._current_is_good = True
+        except BaseException:
+            for path in (tmp, link):
+                if os.path.exists(path):
+                    os.unlink(path)
+            raise
+
+    def load_checkpoint(self, quiet: bool = False) -> Dict[str, Any]:
+        """The newest intact checkpoint; a truncated or corrupt newest one falls back (with a one-line
+        warning on stderr) to the previous one, and is not rotated over it by the next save."""
+        problems = []
         for path in (self.checkpoint, self.previous_checkpoint):
             if not path.is_file():
                 continue
             try:
-                state = torch.load(path, map_location="cpu", weights_only=False)
-            except Exception as err:  # torch raises many types for a truncated or corrupt file
-                errors.append(f"{path.name} is corrupt ({err.__class__.__name__})")
+                state = decode_checkpoint(path.read_bytes())
+            except CheckpointError as err:
+                problems.append(f"{path.name} {err}")
                 continue
-            if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-                errors.append(f"{path.name} is not a pyro_vae checkpoint")
-                continue
+            if problems and not quiet:
+                print(f"pyro-vae: warning: {self.path}: {'; '.join(problems)}; using {path.name} "
+                      f"(epoch {state.get('epoch')}, step {state.get('step')})", file=sys.stderr)
+            self._current_is_good = path == self.checkpoint
             state["_path"] = str(path)
-            state["_problems"] = errors
+            state["_problems"] = problems
             return state
-        detail = "; ".join(errors) if errors else "no checkpoint.pt"
+        detail = "; ".join(problems) if problems else "no checkpoint.pt"
         raise RunDirError(f"{self.path}: no usable checkpoint ({detail})")
 
     def write_summary(self, summary: Dict[str, Any]) -> None:

@@ -40,8 +40,35 @@ def train_run(cfg: Config, out: Optional[str | Path] = None, overwrite: bool = F
     """Validate everything, create the run directory, train, then write summary and plots."""
     data, vae = prepare(cfg)
     run = RunDir.create(out or default_out(cfg), overwrite=overwrite)
-    run.write_config(dump(cfg))
     trainer = Trainer(cfg, data, vae, run, progress=progress)
+    # the step-0 checkpoint comes before config.yaml, so every run directory has a checkpoint to resume from
+    run.save_checkpoint(trainer.state())
+    run.write_config(dump(cfg))
+    trainer.fit()
+    return finish(trainer, run)
+
+
+def resume_run(path: str | Path, progress: Optional[bool] = None) -> Optional[Run]:
+    """Continue an interrupted run from its newest intact checkpoint, exactly as if it had never stopped,
+    then write summary and plots; ``None`` if the run had already finished (nothing is touched).
+
+    Everything is checked (config.yaml, its hash against the checkpoint's, the data, the checkpoint's
+    fit to the model) before any file is written.
+    """
+    run = RunDir.existing(path)
+    cfg = read_config(run)
+    state = run.load_checkpoint()
+    if state.get("config_hash") != cfg.hash():
+        raise RunDirError(f"{run.config}: differs from the config the checkpoint was trained with (hash "
+                          f"{cfg.hash()} != {state.get('config_hash')}); restore it or start a new run with 'pyro-vae train'")
+    finished = state.get("epoch", 0) >= cfg.train.epochs and state.get("current") is None
+    if finished and run.summary.is_file():
+        return None
+    data, vae = prepare(cfg)
+    trainer = Trainer(cfg, data, vae, run, progress=progress)
+    trainer.load_state(state)
+    run.remove_stale_temporaries()
+    run.write_metrics(trainer.metrics)  # drop rows of epochs after the checkpoint: they will be redone
     trainer.fit()
     return finish(trainer, run)
 
@@ -74,13 +101,10 @@ def write_plots(run: RunDir, vae: VAE, data: Dataset, metrics: List[Dict[str, An
 def load_run(path: str | Path) -> Run:
     """Load a run directory: ``.vae`` carries the trained parameters (eval mode), ``.data`` the same splits."""
     run = RunDir.existing(path)
-    try:
-        cfg = validate(_read_yaml(run.config))
-    except UserError as err:
-        raise RunDirError(f"{run.config}: {err}") from None
+    cfg = read_config(run)
     state = run.load_checkpoint()
     data = load_data(cfg.data.model_dump(), cfg.seed)
-    vae = build_vae(cfg, state.get("x_dim", data.x_dim))
+    vae = build_vae(cfg, state.get("x_dim", data.x_dim), data.image_shape)
     try:
         vae.load_state_dict(state["vae"])
     except (RuntimeError, KeyError) as err:
@@ -90,10 +114,20 @@ def load_run(path: str | Path) -> Run:
     return Run(run.path, cfg, vae, data, run.read_metrics(), summary)
 
 
+def read_config(run: RunDir) -> Config:
+    """The validated config of a run directory; a broken config.yaml is a RunDirError naming it."""
+    try:
+        return validate(_read_yaml(run.config))
+    except UserError as err:
+        raise RunDirError(f"{run.config}: {err}") from None
+
+
 def _read_yaml(path: Path) -> Dict[str, Any]:
     import yaml
 
     try:
         return yaml.safe_load(path.read_text()) or {}
+    except (OSError, UnicodeDecodeError) as err:
+        raise RunDirError(f"{path}: cannot read ({err.__class__.__name__})") from None
     except yaml.YAMLError:
         raise RunDirError(f"{path}: not valid YAML") from None

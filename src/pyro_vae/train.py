@@ -1,26 +1,49 @@
-"""The SVI training loop: seeded minibatches, Adam on the ELBO, per-epoch metrics and checkpoints."""
+"""The SVI training loop: seeded minibatches, Adam on the ELBO, per-epoch metrics and exact checkpoints."""
 
 from __future__ import annotations
 
 import math
 import random
+import shlex
+import signal
 import sys
+import threading
 import time
-from typing import Any, Dict, List, Optional
+import warnings
+from contextlib import contextmanager
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import pyro
+import pyro.poutine as poutine
 import torch
 from tqdm.auto import tqdm
 
 from .build import build_vae
 from .config import Config, dump
 from .data import Dataset, binarize_batch, load_data
+from .fused import adam, select_engine
+from .errors import RunDirError, UserError
 from .model import VAE
 from .objectives import build_elbo, kl_report
 from .rundir import RunDir
 
 EVAL_BATCH = 1024
+TIMING_FIELDS = ("seconds", "wall_time", "examples_per_second")  # the only metrics that differ run to run
+
+
+class NonFiniteError(UserError):
+    """The loss or a gradient became NaN/inf and ``train.on_nonfinite`` is ``stop``."""
+
+    exit_code = 3
+
+
+class Interrupted(UserError):
+    """SIGINT/SIGTERM stopped training after a whole step (and, with a run directory, a checkpoint)."""
+
+    def __init__(self, signum: int, message: str):
+        super().__init__(message)
+        self.exit_code = 128 + signum  # the shell's convention: 130 for SIGINT, 143 for SIGTERM
 
 
 def seed_everything(seed: int) -> None:
@@ -29,14 +52,22 @@ def seed_everything(seed: int) -> None:
 
 
 def rng_state(generators: Dict[str, torch.Generator]) -> Dict[str, Any]:
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+    """Every random state as tensors and plain Python values (so checkpoints load with ``weights_only``)."""
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    return {"torch": torch.get_rng_state(),
+            "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                      "has_gauss": int(has_gauss), "cached_gaussian": float(gauss)},
+            "python": [version, list(internal), gauss_next],
             **{k: g.get_state() for k, g in generators.items()}}
 
 
 def set_rng_state(state: Dict[str, Any], generators: Dict[str, torch.Generator]) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
+    n = state["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
     for k, g in generators.items():
         g.set_state(state[k])
 
@@ -52,33 +83,107 @@ def elbo_per_point(vae: VAE, elbo, x: torch.Tensor, batch_size: int = EVAL_BATCH
     return float(total) / len(x)
 
 
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return f"{err.__class__.__name__}: {text[0]}" if text else err.__class__.__name__
+
+
+@torch.no_grad()
+def diagnose(vae: VAE, xb: torch.Tensor, rows: Optional[torch.Tensor] = None) -> List[str]:
+    """Re-trace guide then model on ``xb`` ``(batch, x_dim)`` and name what is not finite: parameters, and
+    each sample site's value or log-probability (with the first offending data row, ``rows[i]``)."""
+    found = []
+    bad_params = [n for n, p in vae.named_parameters() if not torch.isfinite(p).all()]
+    if bad_params:
+        found.append(f"non-finite parameters {', '.join(bad_params[:3])}{' ...' if len(bad_params) > 3 else ''}")
+    # fork_rng: diagnosing must not shift the random stream of the run it diagnoses
+    with torch.random.fork_rng(devices=[]), pyro.validation_enabled(False):
+        try:
+            guide_tr = poutine.trace(vae.guide).get_trace(xb)
+            model_tr = poutine.trace(poutine.replay(vae.model, trace=guide_tr)).get_trace(xb)
+        except Exception as err:  # a NaN can break a distribution's constructor; say where tracing stopped
+            return found + [f"tracing model and guide failed ({_first_line(err)})"]
+        for who, tr in (("guide", guide_tr), ("model", model_tr)):
+            for name, site in tr.nodes.items():
+                if site["type"] != "sample":
+                    continue
+                value = site["value"]
+                if not torch.isfinite(value).all():
+                    found.append(f"{who} site '{name}': sampled value is not finite")
+                    continue
+                log_prob = site["fn"].log_prob(value).reshape(-1)  # (batch,)
+                bad = (~torch.isfinite(log_prob)).nonzero().reshape(-1)
+                if len(bad):
+                    i = int(bad[0])
+                    row = int(rows[i]) if rows is not None and log_prob.numel() == len(rows) else i
+                    found.append(f"{who} site '{name}': log_prob is {float(log_prob[i])} for {len(bad)} of "
+                                 f"{log_prob.numel()} points (first: train row {row})")
+    return found
+
+
 class Trainer:
-    """Trains ``vae`` on ``data`` with the objective and optimizer that ``cfg`` names, writing to ``run``."""
+    """Trains ``vae`` on ``data`` with the objective and optimizer that ``cfg`` names, writing to ``run``.
+
+    Its whole state (see :meth:`state`) is a checkpoint: parameters, Adam's moments, every random
+    generator, the counters and, mid-epoch, the epoch's permutation and position, so a run continued
+    from a checkpoint takes exactly the steps the uninterrupted run would have taken.
+    """
 
     def __init__(self, cfg: Config, data: Dataset, vae: VAE, run: Optional[RunDir] = None, progress: Optional[bool] = None):
         self.cfg, self.data, self.vae, self.run = cfg, data, vae, run
         self.elbo = build_elbo(cfg.inference)
-        self.optimizer = torch.optim.Adam(vae.parameters(), lr=cfg.optim.lr)
+        # engine "fused": the same ELBO without Pyro's tracing (fused.py; Pyro's ELBO is its test oracle)
+        self.engine, self.loss_fn = select_engine(cfg, vae, self.elbo, data.train[:1])
+        self.optimizer = adam(vae.parameters(), lr=cfg.optim.lr)
         self.order = torch.Generator().manual_seed(cfg.seed + 1)  # data order
         self.binarizer = torch.Generator().manual_seed(cfg.seed + 2)  # dynamic binarization
         self.epoch, self.step, self.metrics, self.seconds = 0, 0, [], 0.0
+        self.current: Optional[Dict[str, Any]] = None  # the epoch in progress; None between epochs
+        self._x: Optional[torch.Tensor] = None  # the current epoch's (binarized) training data
+        self.stop_signal: Optional[int] = None
         self.progress = sys.stderr.isatty() if progress is None else progress
         self.steps_per_epoch = math.ceil(len(data.train) / cfg.train.batch_size)
 
     # -- state -------------------------------------------------------------------------------
+    def generators(self) -> Dict[str, torch.Generator]:
+        return {"order": self.order, "binarizer": self.binarizer}
+
     def state(self) -> Dict[str, Any]:
-        """Everything needed to continue exactly where this trainer is."""
+        """Everything needed to continue exactly where this trainer is (never a non-finite parameter)."""
+        bad = [n for n, p in self.vae.named_parameters() if not torch.isfinite(p).all()]
+        if bad:
+            raise NonFiniteError(f"step {self.step}: parameter {bad[0]} is not finite; refusing to overwrite the last "
+                                 f"good checkpoint (lower optim.lr or set optim.clip_norm)")
         return {"config": self.cfg.to_dict(), "config_hash": self.cfg.hash(), "x_dim": self.data.x_dim,
                 "vae": self.vae.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "epoch": self.epoch, "step": self.step, "seconds": self.seconds, "metrics": self.metrics,
-                "rng": rng_state({"order": self.order, "binarizer": self.binarizer})}
+                "current": None if self.current is None else dict(self.current),
+                "rng": rng_state(self.generators())}
 
     def load_state(self, state: Dict[str, Any]) -> None:
-        self.vae.load_state_dict(state["vae"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.epoch, self.step, self.seconds = state["epoch"], state["step"], state["seconds"]
-        self.metrics = list(state["metrics"])
-        set_rng_state(state["rng"], {"order": self.order, "binarizer": self.binarizer})
+        """Continue from ``state`` (a checkpoint); a checkpoint that does not fit this run is a RunDirError."""
+        where = state.get("_path", "checkpoint")
+        try:
+            if state["x_dim"] != self.data.x_dim:
+                raise ValueError(f"x_dim {state['x_dim']} but the data has {self.data.x_dim} features")
+            current = state["current"]
+            if current is not None and len(current["perm"]) != len(self.data.train):
+                raise ValueError(f"its permutation has {len(current['perm'])} rows but the data has {len(self.data.train)}")
+            self.vae.load_state_dict(state["vae"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.epoch, self.step, self.seconds = state["epoch"], state["step"], state["seconds"]
+            self.metrics = list(state["metrics"])
+            set_rng_state(state["rng"], self.generators())
+        except (KeyError, TypeError, ValueError, RuntimeError) as err:
+            raise RunDirError(f"{where}: does not fit this run ({_first_line(err)})") from None
+        self.current = None if current is None else dict(current)
+        if self.current is not None:
+            self._x = self.epoch_data(torch.Generator().set_state(current["binarizer"])
+                                      if current["binarizer"] is not None else None)
+
+    def save(self) -> None:
+        if self.run is not None:
+            self.run.save_checkpoint(self.state())
 
     # -- the loop ----------------------------------------------------------------------------
     def kl_weight(self) -> float:
@@ -88,70 +193,163 @@ class Trainer:
             return inf.beta
         return inf.beta * min(1.0, (self.step + 1) / (inf.kl_warmup_epochs * self.steps_per_epoch))
 
-    def train_epoch(self, bar) -> float:
-        """One pass over the training split; returns the mean objective per data point."""
-        cfg, vae = self.cfg, self.vae
+    def epoch_data(self, binarizer: Optional[torch.Generator]) -> torch.Tensor:
+        """The training split, freshly binarized from ``binarizer`` under dynamic binarization."""
         x = self.data.train
-        if self.data.binarize == "dynamic":
-            x = binarize_batch(x, self.binarizer)
-        perm = torch.randperm(len(x), generator=self.order)
-        total = torch.zeros(())
-        vae.train()
-        for idx in perm.split(cfg.train.batch_size):
-            xb = x[idx]
-            vae.kl_weight = self.kl_weight()
-            loss = self.elbo.differentiable_loss(vae.model, vae.guide, xb) / len(xb)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.optim.clip_norm is not None:
-                torch.nn.utils.clip_grad_norm_(vae.parameters(), cfg.optim.clip_norm)
-            self.optimizer.step()
-            total += loss.detach() * len(xb)
+        return binarize_batch(x, binarizer) if binarizer is not None else x
+
+    def begin_epoch(self) -> None:
+        """Draw the epoch's binarization and order, remembering what a mid-epoch resume needs to redraw them."""
+        dynamic = self.data.binarize == "dynamic"
+        self.current = {"batch": 0, "binarizer": self.binarizer.get_state() if dynamic else None,
+                        "total": torch.zeros(()), "points": 0, "skipped": 0, "seconds": 0.0}
+        self._x = self.epoch_data(self.binarizer if dynamic else None)
+        self.current["perm"] = torch.randperm(len(self._x), generator=self.order)
+
+    def train_step(self, xb: torch.Tensor, rows: Optional[torch.Tensor] = None) -> Optional[torch.Tensor]:
+        """One SVI step on ``xb`` ``(batch, x_dim)``; returns the loss per point, or None if it was skipped."""
+        vae = self.vae
+        vae.kl_weight = self.kl_weight()
+        self.optimizer.zero_grad(set_to_none=True)
+        try:
+            loss = self.loss_fn(xb, vae.kl_weight) / len(xb)
+        except ValueError as err:  # with validate_args, Pyro rejects a NaN parameter before the loss sees it
+            return self.nonfinite(xb, rows, f"computing the loss raised {_first_line(err)}", err)
+        if not torch.isfinite(loss):
+            return self.nonfinite(xb, rows, f"the loss is {float(loss.detach())}")
+        loss.backward()
+        params = [p for p in vae.parameters() if p.grad is not None]
+        if not all(torch.isfinite(p.grad).all() for p in params):
+            names = [n for n, p in vae.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
+            return self.nonfinite(xb, rows, f"the gradient of {names[0]} is not finite")
+        if self.cfg.optim.clip_norm is not None:
+            torch.nn.utils.clip_grad_norm_(params, self.cfg.optim.clip_norm)
+        self.optimizer.step()
+        return loss.detach()
+
+    def nonfinite(self, xb: torch.Tensor, rows: Optional[torch.Tensor], what: str,
+                  err: Optional[Exception] = None) -> None:
+        """Stop with a message naming the offending sites, or (``on_nonfinite: skip``) warn and skip the step."""
+        self.optimizer.zero_grad(set_to_none=True)
+        found = diagnose(self.vae, xb, rows)
+        if err is not None and not found:
+            raise err  # a ValueError that no NaN explains is a bug, not a divergence
+        where = "; ".join(found) or "every site's log_prob is finite on re-tracing (the non-finite value arose in the ELBO's arithmetic)"
+        msg = f"step {self.step + 1} (epoch {self.epoch + 1}): {what}; {where}"
+        if self.cfg.train.on_nonfinite == "skip":
+            print(f"pyro-vae: warning: skipped non-finite {msg}", file=sys.stderr, flush=True)
+            return None
+        kept = f"; kept the last good checkpoint {self.run.checkpoint}" if self.run is not None else ""
+        raise NonFiniteError(f"non-finite {msg}{kept} (lower optim.lr, set optim.clip_norm, or set train.on_nonfinite=skip)")
+
+    def train_epoch(self, bar) -> float:
+        """Finish the current epoch (starting one if none is in progress); returns the mean objective per data point."""
+        if self.current is None:
+            self.begin_epoch()
+        cur, every = self.current, self.cfg.train.checkpoint_every_steps
+        batches = cur["perm"].split(self.cfg.train.batch_size)
+        start, seconds0 = time.perf_counter(), cur["seconds"]
+        self.vae.train()
+        for idx in batches[cur["batch"]:]:
+            loss = self.train_step(self._x[idx], idx)
+            cur["batch"] += 1
+            if loss is None:
+                cur["skipped"] += 1
+            else:
+                cur["total"] = cur["total"] + loss * len(idx)
+                cur["points"] += len(idx)
             self.step += 1
+            cur["seconds"] = seconds0 + time.perf_counter() - start
             if bar is not None:
                 bar.update(1)
-        vae.kl_weight = 1.0
-        return -float(total) / len(x)
+            if self.stop_signal is not None or (every and self.step % every == 0 and cur["batch"] < len(batches)):
+                self.save()
+                if self.stop_signal is not None:
+                    self.interrupt()
+        self.vae.kl_weight = 1.0
+        if cur["points"] == 0:
+            raise NonFiniteError(f"epoch {self.epoch + 1}: every step was non-finite and skipped; nothing to train on")
+        return -float(cur["total"]) / cur["points"]
+
+    def interrupt(self) -> None:
+        name = signal.Signals(self.stop_signal).name
+        where = f"step {self.step} (epoch {self.epoch + 1}, batch {self.current['batch']}/{self.steps_per_epoch})" \
+            if self.current is not None else f"step {self.step} (end of epoch {self.epoch})"
+        hint = f"; checkpoint written; continue with: pyro-vae resume {shlex.quote(str(self.run.path))}" \
+            if self.run is not None else ""
+        raise Interrupted(self.stop_signal, f"interrupted by {name} at {where}{hint}")
+
+    @contextmanager
+    def catch_signals(self):
+        """On SIGINT/SIGTERM, finish the current step and stop at a checkpoint; a second signal stops at once."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+
+        def handler(signum, frame):
+            if self.stop_signal is not None:
+                raise KeyboardInterrupt
+            self.stop_signal = signum
+            print(f"\npyro-vae: {signal.Signals(signum).name}: finishing the current step and writing a checkpoint "
+                  f"(send again to stop at once)", file=sys.stderr, flush=True)
+
+        for s in previous:
+            signal.signal(s, handler)
+        try:
+            yield
+        finally:
+            for s, h in previous.items():
+                signal.signal(s, h)
 
     def fit(self) -> List[Dict[str, Any]]:
         cfg = self.cfg
         pyro.enable_validation(cfg.train.validate_args)
         total_steps = cfg.train.epochs * self.steps_per_epoch
-        bar = tqdm(total=total_steps, initial=self.epoch * self.steps_per_epoch, unit="step",
+        bar = tqdm(total=total_steps, initial=self.step, unit="step",
                    dynamic_ncols=True, disable=not self.progress, file=sys.stderr)
         try:
-            while self.epoch < cfg.train.epochs:
-                bar.set_description(f"epoch {self.epoch + 1}/{cfg.train.epochs}")
-                start = time.perf_counter()
-                train_elbo = self.train_epoch(bar if self.progress else None)
-                seconds = time.perf_counter() - start
-                val = self.data.val if len(self.data.val) else self.data.train
-                val_elbo = elbo_per_point(self.vae, self.elbo, val)
-                self.epoch += 1
-                self.seconds += seconds
-                row = {"epoch": self.epoch, "step": self.step, "train_elbo": train_elbo, "val_elbo": val_elbo,
-                       "seconds": seconds, "wall_time": self.seconds,
-                       "examples_per_second": len(self.data.train) / seconds, "kl_weight": self.kl_weight()}
-                self.metrics.append(row)
-                if self.progress:
-                    bar.set_postfix(train_elbo=f"{train_elbo:.2f}", val_elbo=f"{val_elbo:.2f}",
-                                    ex_s=f"{row['examples_per_second']:.0f}")
-                else:
-                    print(f"epoch {self.epoch:>4}/{cfg.train.epochs}  train_elbo {train_elbo:10.3f}  "
-                          f"val_elbo {val_elbo:10.3f}  {row['examples_per_second']:8.0f} ex/s", flush=True)
-                if self.run is not None:
-                    self.run.write_metrics(self.metrics)
-                    self.run.save_checkpoint(self.state())
+            with self.catch_signals(), warnings.catch_warnings():
+                # the guard below reports a NaN loss itself, naming the site; Pyro's multi-line warning would not
+                warnings.filterwarnings("ignore", "Encountered NaN", UserWarning)
+                while self.epoch < cfg.train.epochs:
+                    self.end_epoch(self.train_epoch(bar if self.progress else None), bar)
+                    if self.stop_signal is not None:
+                        self.interrupt()
         finally:
             bar.close()
         return self.metrics
+
+    def end_epoch(self, train_elbo: float, bar) -> None:
+        """Validate, record the epoch's metrics, then checkpoint (before metrics.jsonl, which never runs ahead)."""
+        cfg, cur = self.cfg, self.current
+        val = self.data.val if len(self.data.val) else self.data.train
+        val_elbo = elbo_per_point(self.vae, self.elbo, val)
+        self.epoch += 1
+        self.seconds += cur["seconds"]
+        row = {"epoch": self.epoch, "step": self.step, "train_elbo": train_elbo, "val_elbo": val_elbo,
+               "seconds": cur["seconds"], "wall_time": self.seconds,
+               "examples_per_second": len(self.data.train) / max(cur["seconds"], 1e-9), "kl_weight": self.kl_weight(),
+               "skipped_steps": cur["skipped"]}
+        self.metrics.append(row)
+        self.current, self._x = None, None
+        if self.progress:
+            bar.set_description(f"epoch {self.epoch}/{cfg.train.epochs}")
+            bar.set_postfix(train_elbo=f"{train_elbo:.2f}", val_elbo=f"{val_elbo:.2f}",
+                            ex_s=f"{row['examples_per_second']:.0f}")
+        else:
+            print(f"epoch {self.epoch:>4}/{cfg.train.epochs}  train_elbo {train_elbo:10.3f}  "
+                  f"val_elbo {val_elbo:10.3f}  {row['examples_per_second']:8.0f} ex/s", flush=True)
+        if self.run is not None:
+            self.save()
+            self.run.write_metrics(self.metrics)
 
 
 def prepare(cfg: Config):
     """Load and check the data, then build the VAE: every user error surfaces here, before any file is written."""
     data = load_data(cfg.data.model_dump(), cfg.seed)
     seed_everything(cfg.seed)
-    vae = build_vae(cfg, data.x_dim)
+    vae = build_vae(cfg, data.x_dim, data.image_shape)
     if cfg.data.binarize == "none":
         vae.likelihood.check_data(data.train, where=f"data '{cfg.data.name}'")
     return data, vae

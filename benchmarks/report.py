@@ -1,0 +1,79 @@
+"""The machine description, the JSON results file and the Markdown ratio table."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import torch
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def machine() -> Dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    import pyro
+
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "load_average_1min": os.getloadavg()[0], "python": platform.python_version(),
+            "torch": torch.__version__, "pyro": pyro.__version__, "platform": platform.platform()}
+
+
+def markdown(result: Dict) -> str:
+    m = result["machine"]
+    lines = [f"Machine: {m['cpu']}, {m['cores']} cores ({m['torch_threads']} torch threads, 1-min load "
+             f"{m['load_average_1min']:.1f}), torch {m['torch']}, pyro {m['pyro']}, Python {m['python']}; "
+             f"{'quick' if result['quick'] else 'full'} run, {result['date']}.", "",
+             "Training throughput, examples/s as a multiple of the hand-written eager PyTorch VAE "
+             "(median of per-round ratios over rounds interleaved in one process):", ""]
+    names = list(result["training"][0]["ratio_to_torch_eager"]) if result["training"] else []
+    others = [n for n in names if n != "torch_eager"]
+    lines.append("| shape, likelihood, batch | torch_eager ex/s | " + " | ".join(others) + " |")
+    lines.append("|---" * (2 + len(others)) + "|")
+    for row in result["training"]:
+        cells = [f"{row['ratio_to_torch_eager'][n]:.2f}x" for n in others]
+        lines.append(f"| {row['case']}, {row['likelihood']}, B={row['batch_size']} | "
+                     f"{row['examples_per_second']['torch_eager']:.0f} | " + " | ".join(cells) + " |")
+    mnist = [r for r in result["training"] if r["case"].startswith("MNIST")]
+    if mnist:
+        lines += ["", "Matmul GFLOP/s at the MNIST shape (6 x weight-matrix multiply-adds per example x examples/s):", ""]
+        lines.append("| likelihood, batch | " + " | ".join(names) + " |")
+        lines.append("|---" * (1 + len(names)) + "|")
+        for row in mnist:
+            lines.append(f"| {row['likelihood']}, B={row['batch_size']} | "
+                         + " | ".join(f"{row['matmul_gflops'][n]:.0f}" for n in names) + " |")
+    iw = result.get("iwae")
+    if iw is not None:
+        lines += ["", "IWAE evaluation (`pyro_vae.evaluate.iwae`):", ""]
+        if not iw.get("available"):
+            lines.append(iw["note"])
+        else:
+            lines.append(f"| K ({iw['shape']}, {iw['rows'][0]['points']} points) | iwae ex/s | matmul-bound ex/s "
+                         f"| time / bound | peak memory MB |")
+            lines.append("|---|---|---|---|---|")
+            for r in iw["rows"]:
+                lines.append(f"| {r['K']} | {r['iwae_examples_per_second']:.1f} | {r['bound_examples_per_second']:.1f} "
+                             f"| {r['time_ratio_to_bound']:.2f}x | {r.get('peak_memory_mb', float('nan')):.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def write(result: Dict, stem: str, directory: Optional[str] = None) -> List[Path]:
+    out = Path(directory) if directory is not None else RESULTS
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [out / f"{stem}.json", out / f"{stem}.md"]
+    paths[0].write_text(json.dumps(result, indent=1) + "\n")
+    paths[1].write_text(markdown(result))
+    return paths
+
+
+def now() -> str:
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())

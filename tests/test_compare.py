@@ -1,0 +1,98 @@
+"""`pyro-vae compare` and the method registry: one row per method, same data and budget for all."""
+
+import json
+
+import pytest
+
+from pyro_vae import validate_config
+from pyro_vae.compare import compare, parse_method_set, resolve_methods
+from pyro_vae.errors import ConfigError, RunDirError
+from pyro_vae.methods import BUILTIN_SETS, METHODS, Budget, MethodResult
+
+from conftest import run_cli
+
+ROW_FIELDS = {"name", "train_elbo", "val_elbo", "test_log_likelihood", "exact_log_likelihood", "test_elbo", "seconds",
+              "examples_per_second", "iterations", "curve", "extra"}
+LINEAR = ["--set", "data.name=synthetic", "--set", "data.n=120", "--set", "data.x_dim=4", "--set", "model.latent_dim=2",
+          "--set", "model.decoder.name=linear", "--set", "guide.hidden=[8]", "--set", "train.batch_size=32"]
+
+
+def test_builtin_methods_are_registered():
+    assert set(BUILTIN_SETS) <= set(METHODS.names())
+    assert {"analytic_kl", "monte_carlo_kl", "iwae_k5", "iwae_k50", "score_function"} <= set(METHODS.names())
+
+
+def test_method_set_parsing_keeps_commas_inside_values():
+    name, overrides = parse_method_set("wide:model.decoder.hidden=[16, 16],inference.objective=iwae")
+    assert name == "wide" and overrides == ["model.decoder.hidden=[16, 16]", "inference.objective=iwae"]
+    for bad in ("noname", ":a=1", "x:", "x:a"):
+        with pytest.raises(ConfigError):
+            parse_method_set(bad)
+
+
+def test_unknown_method_is_a_config_error_with_a_suggestion():
+    with pytest.raises(ConfigError, match="did you mean 'iwae_k5'"):
+        resolve_methods(["iwae_k6"])
+    with pytest.raises(ConfigError, match="already exists"):
+        resolve_methods([], ["analytic_kl:inference.kl=analytic"])
+
+
+def test_budget_needs_epochs_or_seconds():
+    with pytest.raises(ConfigError):
+        Budget()
+    assert Budget(seconds=0.0).exhausted(0, 0.0) and not Budget(epochs=2).exhausted(1, 1e9)
+
+
+def test_seconds_budget_stops_training(tmp_path):
+    """A wall-clock budget of ~0 s trains exactly one epoch (the check is at epoch ends)."""
+    cfg = validate_config({"data": {"name": "synthetic", "n": 60, "x_dim": 3}, "model": {"decoder": {"hidden": [4]}},
+                           "guide": {"hidden": [4]}})
+    report = compare(cfg, resolve_methods(["analytic_kl"]), Budget(seconds=1e-9, eval_samples=5, grad_samples=2),
+                     tmp_path / "out", verbose=False)
+    row = report["methods"][0]
+    assert row["extra"]["epochs"] == 1 and len(row["curve"]) == 1
+    with pytest.raises(RunDirError, match="not empty"):
+        compare(cfg, resolve_methods(["analytic_kl"]), Budget(epochs=1), tmp_path / "out", verbose=False)
+
+
+def test_compare_cli_end_to_end(tmp_path):
+    out = tmp_path / "cmp"
+    res = run_cli("compare", *LINEAR, "--epochs", "2", "--samples", "20", "--grad-samples", "4", "--out", out,
+                  "--method-set", "renyi_half:inference.objective=renyi,inference.alpha=0.5,inference.num_particles=3")
+    assert res.returncode == 0, res.stderr
+    report = json.loads((out / "comparison.json").read_text())
+    names = [r["name"] for r in report["methods"]]
+    assert names == list(BUILTIN_SETS) + ["renyi_half"]
+    for row in report["methods"]:
+        assert set(row) >= ROW_FIELDS, row["name"]
+        assert row["iterations"] == 2 * 3 and len(row["curve"]) == 2  # 2 epochs of ceil(96 / 32) steps
+        assert set(row["curve"][0]) >= {"epoch", "wall_time", "val_elbo"}
+        assert row["exact_log_likelihood"] is not None  # linear-Gaussian: exact, and that is the test number
+        assert row["test_log_likelihood"] == row["exact_log_likelihood"] >= row["test_elbo"] - 1e-3
+        assert row["extra"]["grad_variance_encoder"] > 0 and row["extra"]["grad_variance_decoder"] > 0
+    by_name = {r["name"]: r for r in report["methods"]}
+    assert by_name["iwae_k50"]["extra"]["inference"]["num_particles"] == 50
+    assert by_name["renyi_half"]["extra"]["inference"]["alpha"] == 0.5
+    table = (out / "comparison.md").read_text()
+    assert all(f"| {n} |" in table for n in names)
+    for plot in ("learning_curves_wall_time.png", "learning_curves_epoch.png", "final_bounds.png"):
+        assert (out / "plots" / plot).stat().st_size > 0
+    assert "comparison.json" in res.stdout
+
+
+def test_compare_cli_bad_method_is_one_line_error(tmp_path):
+    res = run_cli("compare", "--methods", "nope", "--epochs", "1", "--out", tmp_path / "x")
+    assert res.returncode == 2 and res.stderr.startswith("pyro-vae: error: --methods: unknown method 'nope'")
+    assert len(res.stderr.strip().splitlines()) == 1 and not (tmp_path / "x").exists()
+
+
+def test_method_result_round_trips_to_a_dict():
+    r = MethodResult("m", -1.0, -1.1, -0.9, None, -1.2, 1.0, 10.0, 3)
+    assert set(r.to_dict()) == ROW_FIELDS
+
+
+def test_method_sets_are_validated_before_any_training(tmp_path):
+    res = run_cli("compare", "--methods", "analytic_kl", "--method-set", "bad:inference.alpha=1,inference.objective=renyi",
+                  "--epochs", "1", "--out", tmp_path / "x")
+    assert res.returncode == 2 and "method 'bad': inference.alpha" in res.stderr
+    assert "[1/" not in res.stderr and not (tmp_path / "x").exists()

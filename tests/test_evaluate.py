@@ -1,0 +1,209 @@
+"""Evaluation against closed forms: on a linear-Gaussian model log p(x) and p(z|x) are known exactly."""
+
+import math
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from pyro.infer.importance import vectorized_importance_weights
+
+from pyro_vae import build_vae, validate_config
+from pyro_vae import evaluate as ev
+from pyro_vae.data import load_data
+from pyro_vae.objectives import build_elbo
+
+from conftest import TINY, run_cli
+
+LINEAR = {"data": {"name": "synthetic", "x_dim": 6, "latent_dim": 2, "noise": 0.5, "n": 400},
+          "model": {"latent_dim": 2, "decoder": "linear", "likelihood": {"name": "normal", "scale": 0.5}},
+          "guide": {"hidden": [16]}}
+
+
+def linear_vae(train_steps=0):
+    """A PPCA VAE whose decoder is the data's true (W, b, sigma); the encoder optionally fitted by SVI."""
+    cfg = validate_config(LINEAR)
+    data = load_data(cfg.data.model_dump(), cfg.seed)
+    vae = build_vae(cfg, data.x_dim)
+    with torch.no_grad():
+        vae.decoder.linear.weight.copy_(data.truth["W"])
+        vae.decoder.linear.bias.copy_(data.truth["b"])
+    opt = torch.optim.Adam(vae.encoder.parameters(), lr=0.03)
+    elbo = build_elbo(cfg.inference)
+    for step in range(train_steps):
+        xb = data.train[torch.randint(len(data.train), (64,))]
+        opt.zero_grad()
+        (elbo.differentiable_loss(vae.model, vae.guide, xb) / 64).backward()
+        opt.step()
+    vae.eval()
+    return vae, data
+
+
+@pytest.fixture(scope="module")
+def trained():
+    pyro.set_rng_seed(0)
+    return linear_vae(train_steps=200)
+
+
+def test_per_point_log_weights_match_pyros_importance_weights():
+    """Summed over the data plate, our per-point log w equals Pyro's vectorized_importance_weights."""
+    vae, data = linear_vae()
+    x = data.test[:5]
+    pyro.set_rng_seed(3)
+    ours = ev.log_weights(vae.model, vae.guide, x, 4)  # (4, 5)
+    pyro.set_rng_seed(3)
+    theirs, _, _ = vectorized_importance_weights(vae.model, vae.guide, x, num_samples=4, max_plate_nesting=1)
+    assert ours.shape == (4, 5)
+    assert torch.allclose(ours.sum(-1), theirs, rtol=1e-5, atol=1e-4)
+
+
+def test_linear_gaussian_marginal_and_posterior_satisfy_bayes_rule():
+    """log p(x) = log p(x|z) + log p(z) - log p(z|x) for every z: checks the closed forms against each other."""
+    vae, data = linear_vae()
+    W, b, sigma2 = ev.linear_gaussian(vae)
+    x = data.test[:7]
+    z = torch.randn(7, 2) * 2
+    lhs = ev.marginal(W, b, sigma2).log_prob(x)
+    rhs = (vae.likelihood(vae.decoder(z)).log_prob(x) + vae.prior().log_prob(z)
+           - ev.posterior(W, b, sigma2, x).log_prob(z))
+    assert torch.allclose(lhs, rhs.detach(), atol=1e-4)
+
+
+def test_non_linear_models_have_no_exact_likelihood():
+    assert ev.linear_gaussian(build_vae(validate_config({}), 5)) is None
+    cfg = {**LINEAR, "model": {**LINEAR["model"], "prior": "laplace"}}
+    assert ev.linear_gaussian(build_vae(validate_config(cfg), 6)) is None
+
+
+def test_iwae_approaches_exact_log_likelihood_as_k_grows(trained):
+    vae, data = trained
+    x = data.test
+    exact = ev.marginal(*ev.linear_gaussian(vae)).log_prob(x)
+    gaps = {}
+    with torch.no_grad():
+        for k in (1, 10, 1000):
+            diff = exact - ev.iwae(vae.model, vae.guide, x, k)
+            gaps[k] = (float(diff.mean()), float(diff.std() / math.sqrt(len(diff))))
+    assert gaps[1][0] > gaps[10][0] > gaps[1000][0]
+    mean, se = gaps[1000]
+    assert abs(mean) < 4 * se + 1e-3, gaps
+
+
+def test_iwae_is_chunked_with_a_running_logsumexp(monkeypatch):
+    """Chunks of 3 particles give exactly the log-mean-exp of the same draws taken in one list."""
+    vae, data = linear_vae()
+    x = data.test[:4]
+    monkeypatch.setattr(ev, "CHUNK_ELEMENTS", 3 * 4 * 6)
+    assert ev.chunk_size(4, 6) == 3
+    pyro.set_rng_seed(9)
+    with torch.no_grad():
+        chunked = ev.iwae(vae.model, vae.guide, x, 10, width=6)
+        pyro.set_rng_seed(9)
+        log_w = torch.cat([ev.log_weights(vae.model, vae.guide, x, k) for k in (3, 3, 3, 1)])
+    assert torch.allclose(chunked, torch.logsumexp(log_w, 0) - math.log(10), atol=1e-5)
+
+
+@pytest.mark.parametrize("train_steps", [0, 200])
+def test_identity_log_p_equals_elbo_plus_kl_to_posterior(train_steps, request):
+    """log p(x) - ELBO - KL(q || p(z|x)) is zero up to the Monte Carlo error of the ELBO, trained or not."""
+    vae, data = request.getfixturevalue("trained") if train_steps else linear_vae()
+    pyro.set_rng_seed(1)
+    with torch.no_grad():
+        out = ev.evaluate_points(vae, data.test, samples=100)
+    assert out["log_likelihood"]["exact"] and out["kl_to_true_posterior"]["exact"]
+    r = out["identity_residual"]
+    assert abs(r["mean"]) < 4 * r["se"]
+    assert out["iwae"]["mean"] >= out["elbo"]["mean"]
+    assert out["kl_to_true_posterior"]["mean"] > 0
+    if train_steps == 0:  # an untrained encoder is far from the posterior
+        assert out["kl_to_true_posterior"]["mean"] > 1.0
+
+
+def test_analytic_and_monte_carlo_elbo_agree_per_point(trained):
+    vae, data = trained
+    with torch.no_grad():
+        analytic, used = ev.elbo_terms(vae.model, vae.guide, data.test, 64, "analytic")
+        mc, used_mc = ev.elbo_terms(vae.model, vae.guide, data.test, 64, "monte_carlo")
+    assert (used, used_mc) == ("analytic", "monte_carlo")
+    diff = analytic - mc
+    assert abs(float(diff.mean())) < 4 * float(diff.std() / math.sqrt(len(diff)))
+    assert float((analytic - mc).abs().max()) < 1.0
+
+
+def test_kl_per_dimension_and_active_units():
+    """Zeroing the encoder's mean for latent 1 makes it inactive; per-dimension KLs sum to the total KL."""
+    vae, data = linear_vae()
+    with torch.no_grad():
+        vae.encoder.loc_head.weight[1].zero_()
+        out = ev.evaluate_points(vae, data.test, samples=10)
+        q, p = vae.encoder(data.test), vae.prior()
+        total = torch.distributions.kl_divergence(q, p).mean()
+    assert out["active_units"] == 1 and out["latent_dim"] == 2
+    assert out["posterior_mean_variance"][1] < 1e-10 < ev.ACTIVE_UNIT_THRESHOLD < out["posterior_mean_variance"][0]
+    assert abs(sum(out["kl_per_dimension"]) - float(total)) < 1e-4
+
+
+def test_kl_per_dimension_monte_carlo_matches_quadrature():
+    """Student-t prior (no closed-form KL): the Monte Carlo per-dimension KL agrees with numerical integration."""
+    q = dist.Normal(torch.tensor([[0.3, -1.0]]), torch.tensor([[0.5, 2.0]])).to_event(1)
+    p = dist.StudentT(torch.full((2,), 3.0), torch.zeros(2), torch.ones(2)).to_event(1)
+    pyro.set_rng_seed(0)
+    mc = ev.kl_per_dimension(q, p, num_samples=20000)[0]
+    for d in range(2):
+        qd = torch.distributions.Normal(q.base_dist.loc[0, d].double(), q.base_dist.scale[0, d].double())
+        pd = torch.distributions.StudentT(torch.tensor(3.0, dtype=torch.float64), 0.0, 1.0)
+        z = torch.linspace(float(qd.loc - 12 * qd.scale), float(qd.loc + 12 * qd.scale), 40001, dtype=torch.float64)
+        integrand = qd.log_prob(z).exp() * (qd.log_prob(z) - pd.log_prob(z))
+        exact = float(torch.trapezoid(integrand, z))
+        assert abs(float(mc[d]) - exact) < 0.04, (d, float(mc[d]), exact)
+
+
+def test_gaps_match_the_best_mean_field_gaussian_in_closed_form(trained):
+    """For PPCA the best mean-field q has mean m and variances 1/Lambda_dd (Lambda = posterior precision),
+    so the approximation gap is KL = (sum_d log Lambda_dd - log det Lambda) / 2 per point."""
+    vae, data = trained
+    x = data.test[:40]
+    W, b, sigma2 = ev.linear_gaussian(vae)
+    precision = torch.eye(2) + W.T @ (W / sigma2[:, None])
+    expected = 0.5 * float(precision.diagonal().log().sum() - torch.logdet(precision))
+    pyro.set_rng_seed(2)
+    with torch.no_grad():
+        out = ev.evaluate_points(vae, x, samples=10, gaps=True, gap_steps=400)
+    g = out["gaps"]
+    assert g["approximation_gap"]["log_p"] == "exact"
+    assert abs(g["approximation_gap"]["mean"] - expected) < 4 * g["approximation_gap"]["se"] + 0.02
+    assert g["amortization_gap"]["mean"] > -4 * g["amortization_gap"]["se"]
+    assert g["optimal_elbo"]["mean"] <= out["log_likelihood"]["mean"] + 4 * g["optimal_elbo"]["se"]
+
+
+def test_gradient_variance_is_larger_for_the_score_function(trained):
+    vae, data = trained
+    x = data.train[:16]
+    cfg = validate_config({**LINEAR, "inference": {"kl": "monte_carlo"}})
+    sf = validate_config({**LINEAR, "inference": {"estimator": "score_function"}})
+    reparam = ev.gradient_variance(vae, build_elbo(cfg.inference), x, 40)
+    score = ev.gradient_variance(vae, build_elbo(sf.inference), x, 40)
+    assert score["encoder"] > reparam["encoder"] > 0
+    assert reparam["decoder"] > 0 and score["decoder"] > 0
+    assert all(p.grad is None for p in vae.parameters())
+
+
+def test_evaluate_cli_writes_evaluation_json(tmp_path):
+    run = tmp_path / "run"
+    assert run_cli("train", "--out", run, "--set", "train.epochs=1", *TINY[2:]).returncode == 0
+    res = run_cli("evaluate", run, "--samples", "20", "--no-progress", "--gaps", "--gap-steps", "5")
+    assert res.returncode == 0, res.stderr
+    import json
+
+    out = json.loads((run / "evaluation.json").read_text())
+    for key in ("elbo", "elbo_monte_carlo", "iwae", "kl_to_true_posterior"):
+        assert set(out[key]) >= {"mean", "se"}, key
+    assert out["log_likelihood"] is None and out["kl_to_true_posterior"]["exact"] is False
+    assert out["iwae"]["samples"] == 20 and out["split"] == "test" and out["gaps"]["steps"] == 5
+    assert "iwae" in res.stdout and "active units" in res.stdout
+
+
+def test_evaluate_cli_bad_dir_is_one_line_error(tmp_path):
+    res = run_cli("evaluate", tmp_path / "missing")
+    assert res.returncode == 2
+    assert res.stderr.startswith("pyro-vae: error:") and len(res.stderr.strip().splitlines()) == 1
