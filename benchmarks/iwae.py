@@ -76,41 +76,57 @@ def iwae_fn(vae, x, num_samples: int):
     return run
 
 
+def fused_iwae_fn(vae, x, num_samples: int):
+    from pyro_vae.evaluate import chunk_size
+    from pyro_vae.fused import fused_iwae
+
+    chunk = chunk_size(POINTS, X_DIM)
+
+    def run() -> None:
+        fused_iwae(vae, x, num_samples, chunk)
+
+    return run
+
+
 def throughput(ks: List[int], rounds: int) -> List[Dict]:
     """Interleaved (iwae, bound) timings per K; examples/s is data points evaluated per second."""
     pyro.enable_validation(False)
     vae, x = model_and_data()
     rows = []
     for k in ks:
-        runners = {"iwae": iwae_fn(vae, x, k), "matmul_bound": matmul_bound_fn(vae, k)}
+        runners = {"iwae": iwae_fn(vae, x, k), "fused_iwae": fused_iwae_fn(vae, x, k),
+                   "matmul_bound": matmul_bound_fn(vae, k)}
         times = {n: [] for n in runners}
         for r in range(rounds + 1):
-            for name in (list(runners) if r % 2 else list(runners)[::-1]):
+            names = list(runners)
+            for name in names[r % 3:] + names[:r % 3]:
                 start = time.perf_counter()
                 runners[name]()
                 if r:  # round 0 is the warm-up
                     times[name].append(time.perf_counter() - start)
-        ratio = statistics.median(a / b for a, b in zip(times["iwae"], times["matmul_bound"]))
+        ratio = {n: statistics.median(a / b for a, b in zip(times[n], times["matmul_bound"])) for n in times}
         rows.append({"K": k, "points": POINTS,
                      "iwae_examples_per_second": POINTS / statistics.median(times["iwae"]),
+                     "fused_iwae_examples_per_second": POINTS / statistics.median(times["fused_iwae"]),
                      "bound_examples_per_second": POINTS / statistics.median(times["matmul_bound"]),
-                     "time_ratio_to_bound": ratio})
+                     "time_ratio_to_bound": ratio["iwae"], "fused_time_ratio_to_bound": ratio["fused_iwae"]})
     return rows
 
 
-def peak_memory_mb(k: int) -> float:
+def peak_memory_mb(k: int, fused: bool = False) -> float:
     """Peak resident memory (MB) that one ``iwae`` call with K = ``k`` adds, measured in a fresh process."""
-    out = subprocess.run([sys.executable, "-m", "benchmarks.iwae", "--probe", str(k)], capture_output=True,
-                         text=True, check=True)
+    out = subprocess.run([sys.executable, "-m", "benchmarks.iwae", "--probe", str(k), *(["--fused"] if fused else [])],
+                         capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])["peak_mb"]
 
 
-def _probe(k: int) -> None:
+def _probe(k: int, fused: bool) -> None:
     pyro.enable_validation(False)
     vae, x = model_and_data()
-    iwae_fn(vae, x, 1)()  # warm-up: allocator pools, lazily imported code
+    make = fused_iwae_fn if fused else iwae_fn
+    make(vae, x, 1)()  # warm-up: allocator pools, lazily imported code
     before = _rss_mb()
-    iwae_fn(vae, x, k)()
+    make(vae, x, k)()
     print(json.dumps({"K": k, "peak_mb": max(0.0, _max_rss_mb() - before)}))
 
 
@@ -129,10 +145,13 @@ def run(ks: List[int], rounds: int) -> Dict:
     rows = throughput(ks, rounds)
     for row in rows:
         row["peak_memory_mb"] = peak_memory_mb(row["K"])
+        row["fused_peak_memory_mb"] = peak_memory_mb(row["K"], fused=True)
     return {"available": True, "shape": f"{X_DIM}-{HIDDEN}-{LATENT} bernoulli", "rows": rows}
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--probe", type=int, required=True, help="measure the peak memory of one K")
-    _probe(parser.parse_args().probe)
+    parser.add_argument("--fused", action="store_true", help="of pyro_vae.fused.fused_iwae instead")
+    args = parser.parse_args()
+    _probe(args.probe, args.fused)

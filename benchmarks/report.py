@@ -57,12 +57,14 @@ def markdown(result: Dict) -> str:
         if not iw.get("available"):
             lines.append(iw["note"])
         else:
-            lines.append(f"| K ({iw['shape']}, {iw['rows'][0]['points']} points) | iwae ex/s | matmul-bound ex/s "
-                         f"| time / bound | peak memory MB |")
-            lines.append("|---|---|---|---|---|")
+            lines.append(f"| K ({iw['shape']}, {iw['rows'][0]['points']} points) | matmul-bound ex/s "
+                         f"| evaluate.iwae ex/s | time / bound | peak MB | fused_iwae ex/s | time / bound | peak MB |")
+            lines.append("|---" * 8 + "|")
             for r in iw["rows"]:
-                lines.append(f"| {r['K']} | {r['iwae_examples_per_second']:.1f} | {r['bound_examples_per_second']:.1f} "
-                             f"| {r['time_ratio_to_bound']:.2f}x | {r.get('peak_memory_mb', float('nan')):.0f} |")
+                lines.append(f"| {r['K']} | {r['bound_examples_per_second']:.1f} | {r['iwae_examples_per_second']:.1f} "
+                             f"| {r['time_ratio_to_bound']:.2f}x | {r['peak_memory_mb']:.0f} "
+                             f"| {r['fused_iwae_examples_per_second']:.1f} | {r['fused_time_ratio_to_bound']:.2f}x "
+                             f"| {r['fused_peak_memory_mb']:.0f} |")
     return "\n".join(lines) + "\n"
 
 

@@ -9,6 +9,10 @@ import pytest
 import torch
 
 os.environ.setdefault("MPLBACKEND", "Agg")
+# One thread: the tests' tensors are tiny, where thread start-up costs more than it saves, and
+# bitwise reproducibility (resume tests) holds only between equal thread counts.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)

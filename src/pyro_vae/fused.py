@@ -9,6 +9,7 @@ PyTorch VAE costs, and the function is plain enough for ``torch.compile``.
 
 from __future__ import annotations
 
+import math
 import warnings
 from contextlib import contextmanager
 from typing import Callable, Optional
@@ -146,3 +147,26 @@ def adam(params, lr: float) -> torch.optim.Adam:
         return torch.optim.Adam(params, lr=lr, fused=True)
     except (RuntimeError, TypeError):  # older torch, or a device without the fused kernel
         return torch.optim.Adam(params, lr=lr)
+
+
+def fused_log_weights(vae: VAE, x: torch.Tensor, num_particles: int) -> torch.Tensor:
+    r"""``log w_k = log p(x|z_k) + log p(z_k) - log q(z_k|x)``, ``z_k ~ q(z|x)``, shape ``(num_particles, batch)``.
+
+    The importance weights of ``pyro_vae.evaluate.log_weights`` (beta = 1) from the component
+    distributions directly: the same draws for the same seed (a ``(K, batch)`` particle plate
+    draws what ``q.rsample((K,))`` draws), without tracing.
+    """
+    q = vae.encoder(x)
+    z = q.rsample((num_particles,))  # (K, batch, latent_dim)
+    return vae.likelihood(vae.decoder(z)).log_prob(x) + vae.prior().log_prob(z) - q.log_prob(z)
+
+
+@torch.no_grad()
+def fused_iwae(vae: VAE, x: torch.Tensor, num_samples: int, chunk: int) -> torch.Tensor:
+    r"""Per-point IWAE bound :math:`\log \frac{1}{K}\sum_k w_k`, ``(batch,)``, from ``chunk`` particles at a time
+    merged by a running log-sum-exp, so memory is one chunk's whatever K is."""
+    running = torch.full((x.shape[0],), -math.inf)
+    for done in range(0, num_samples, chunk):
+        log_w = fused_log_weights(vae, x, min(chunk, num_samples - done))
+        running = torch.logaddexp(running, torch.logsumexp(log_w, dim=0))
+    return running - math.log(num_samples)

@@ -7,14 +7,12 @@ pathwise one.
 
 from __future__ import annotations
 
-from functools import partial
 from typing import List, Literal
 
 import pyro.distributions as dist
 import pyro.distributions.transforms as T
 import torch
 from pydantic import PositiveFloat, PositiveInt
-from pyro.nn import ConditionalAutoRegressiveNN
 from torch import nn
 from torch.nn.functional import softplus
 
@@ -159,18 +157,9 @@ class StudentTGuide(AmortizedGuide):
         return dist.StudentT(self.df.expand(loc.shape), loc, positive_scale(self.scale_head(h))).to_event(1)
 
 
-def conditional_quadratic_spline_autoregressive(input_dim: int, context_dim: int, hidden_dims: List[int],
-                                                count_bins: int = 8, bound: float = 3.0):
-    """Pyro's ``conditional_spline_autoregressive`` with quadratic splines (its helper sizes the network for
-    linear ones only)."""
-    arn = ConditionalAutoRegressiveNN(input_dim, context_dim, hidden_dims, param_dims=[count_bins, count_bins, count_bins - 1])
-    return T.ConditionalSplineAutoregressive(input_dim, arn, count_bins=count_bins, bound=bound, order="quadratic")
-
-
-# quadratic splines: Pyro's default "linear" ones are not exactly normalized (see tests/test_priors.py)
 FLOW_TRANSFORMS = {
     "iaf": T.conditional_affine_autoregressive,
-    "spline": conditional_quadratic_spline_autoregressive,
+    "spline": T.conditional_spline_autoregressive,
 }
 
 
@@ -194,7 +183,7 @@ class FlowGuide(AmortizedGuide):
         self.loc_head = self.head(latent_dim)
         self.scale_head = self.head(latent_dim)
         # in one dimension an autoregressive flow is elementwise; Pyro's elementwise spline says so without a warning
-        make = FLOW_TRANSFORMS[transform] if latent_dim > 1 else partial(T.conditional_spline, order="quadratic")
+        make = FLOW_TRANSFORMS[transform] if latent_dim > 1 else T.conditional_spline
         self.flows = nn.ModuleList(make(latent_dim, self.width, hidden_dims=list(flow_hidden)) for _ in range(num_flows))
         self.register_buffer("reverse", torch.arange(latent_dim - 1, -1, -1), persistent=False)
 

@@ -158,6 +158,12 @@ def build_elbo(inference: InferenceConfig) -> ELBO:
     return OBJECTIVES[(inference.objective, inference.estimator)](inference)
 
 
+def evaluation_elbo() -> ELBO:
+    """The ELBO itself (analytic KL where Pyro has one) whatever the training objective, so that
+    validation and test numbers mean the same thing for an IWAE-, Renyi- or score-function-trained run."""
+    return TraceMeanField_ELBO(max_plate_nesting=1)
+
+
 def kl_report(model, guide, x: torch.Tensor, kl: str) -> Dict[str, str]:
     """For each latent site, the KL estimator the ELBO actually uses: ``analytic`` or ``monte_carlo``.
 

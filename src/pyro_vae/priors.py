@@ -12,7 +12,6 @@ import pyro.distributions as dist
 import pyro.distributions.transforms as T
 import torch
 from pydantic import PositiveFloat, PositiveInt
-from pyro.nn import AutoRegressiveNN
 from torch import nn
 from torch.nn.functional import softplus
 
@@ -157,19 +156,10 @@ class VampPrior(Prior):
         return ExpandedMixture(mixing, components)
 
 
-def quadratic_spline_autoregressive(input_dim: int, hidden_dims: List[int], count_bins: int = 8,
-                                    bound: float = 3.0) -> T.SplineAutoregressive:
-    """Pyro's ``spline_autoregressive`` with quadratic splines (its helper sizes the network for linear ones only)."""
-    arn = AutoRegressiveNN(input_dim, hidden_dims, param_dims=[count_bins, count_bins, count_bins - 1])
-    return T.SplineAutoregressive(input_dim, arn, count_bins=count_bins, bound=bound, order="quadratic")
-
-
-# Pyro's default "linear" rational splines do not integrate to 1 (0.996 for one random spline on
-# a fine grid); the quadratic ones do (tests/test_priors.py), so every spline here is quadratic
 FLOW_TRANSFORMS = {
-    "spline_autoregressive": quadratic_spline_autoregressive,
+    "spline_autoregressive": T.spline_autoregressive,
     "affine_autoregressive": T.affine_autoregressive,
-    "spline_coupling": T.spline_coupling,  # always quadratic
+    "spline_coupling": T.spline_coupling,
 }
 
 
@@ -193,7 +183,7 @@ class FlowPrior(Prior):
         self.register_buffer("scale", torch.ones(latent_dim))
         self.register_buffer("reverse", torch.arange(latent_dim - 1, -1, -1), persistent=False)
         if latent_dim == 1:
-            self.flows = nn.ModuleList(T.spline(1, order="quadratic") for _ in range(num_flows))
+            self.flows = nn.ModuleList(T.spline(1) for _ in range(num_flows))
         else:
             make = FLOW_TRANSFORMS[transform]
             self.flows = nn.ModuleList(make(latent_dim, hidden_dims=list(hidden)) for _ in range(num_flows))

@@ -25,7 +25,7 @@ from .data import Dataset, binarize_batch, load_data
 from .fused import adam, select_engine
 from .errors import RunDirError, UserError
 from .model import VAE
-from .objectives import build_elbo, kl_report
+from .objectives import build_elbo, evaluation_elbo, kl_report
 from .rundir import RunDir
 
 EVAL_BATCH = 1024
@@ -132,6 +132,7 @@ class Trainer:
     def __init__(self, cfg: Config, data: Dataset, vae: VAE, run: Optional[RunDir] = None, progress: Optional[bool] = None):
         self.cfg, self.data, self.vae, self.run = cfg, data, vae, run
         self.elbo = build_elbo(cfg.inference)
+        self.eval_elbo = evaluation_elbo()  # val/test report the ELBO, not the training bound
         # engine "fused": the same ELBO without Pyro's tracing (fused.py; Pyro's ELBO is its test oracle)
         self.engine, self.loss_fn = select_engine(cfg, vae, self.elbo, data.train[:1])
         self.optimizer = adam(vae.parameters(), lr=cfg.optim.lr)
@@ -313,6 +314,7 @@ class Trainer:
                 # the guard below reports a NaN loss itself, naming the site; Pyro's multi-line warning would not
                 warnings.filterwarnings("ignore", "Encountered NaN", UserWarning)
                 while self.epoch < cfg.train.epochs:
+                    bar.set_description(f"epoch {self.epoch + 1}/{cfg.train.epochs}")
                     self.end_epoch(self.train_epoch(bar if self.progress else None), bar)
                     if self.stop_signal is not None:
                         self.interrupt()
@@ -324,7 +326,7 @@ class Trainer:
         """Validate, record the epoch's metrics, then checkpoint (before metrics.jsonl, which never runs ahead)."""
         cfg, cur = self.cfg, self.current
         val = self.data.val if len(self.data.val) else self.data.train
-        val_elbo = elbo_per_point(self.vae, self.elbo, val)
+        val_elbo = elbo_per_point(self.vae, self.eval_elbo, val)
         self.epoch += 1
         self.seconds += cur["seconds"]
         row = {"epoch": self.epoch, "step": self.step, "train_elbo": train_elbo, "val_elbo": val_elbo,
@@ -334,7 +336,6 @@ class Trainer:
         self.metrics.append(row)
         self.current, self._x = None, None
         if self.progress:
-            bar.set_description(f"epoch {self.epoch}/{cfg.train.epochs}")
             bar.set_postfix(train_elbo=f"{train_elbo:.2f}", val_elbo=f"{val_elbo:.2f}",
                             ex_s=f"{row['examples_per_second']:.0f}")
         else:
@@ -365,7 +366,7 @@ def summarize(trainer: Trainer) -> Dict[str, Any]:
         "steps": trainer.step,
         "train_elbo": last["train_elbo"],
         "val_elbo": last["val_elbo"],
-        "test_elbo": elbo_per_point(vae, trainer.elbo, data.test) if len(data.test) else None,
+        "test_elbo": elbo_per_point(vae, trainer.eval_elbo, data.test) if len(data.test) else None,
         "kl": kl_report(vae.model, vae.guide, probe, cfg.inference.kl),
         "kl_requested": cfg.inference.kl,
         "seconds": trainer.seconds,
