@@ -79,19 +79,10 @@ def config_table() -> str:
 
 
 def components() -> str:
-    """Every registry's entries with their keys, types and defaults: the data of
-    ``pyro_vae.components.describe(markdown=True)``, with ``|`` escaped so it cannot split a table cell."""
-    from pyro_vae.components import ALL_REGISTRIES, _default
+    """Every registry's entries with their keys, types and defaults (``pyro-vae components --markdown``)."""
+    from pyro_vae.components import describe
 
-    lines = []
-    for section, registry in ALL_REGISTRIES.items():
-        lines += [f"## `{section}.name`", "", "| name | description | parameters |", "|---|---|---|"]
-        for entry in registry:
-            params = "<br>".join(f"`{k}`: {_esc(str(t))} = `{_esc(_default(d))}`"
-                                 for k, (t, d) in entry.parameters().items()) or "none"
-            lines.append(f"| `{entry.name}` | {_esc(entry.summary)} | {params} |")
-        lines.append("")
-    return "\n".join(lines)
+    return describe(markdown=True, heading="##")
 
 
 def cli() -> str:

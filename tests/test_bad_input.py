@@ -6,7 +6,6 @@ import shutil
 
 import numpy as np
 import pytest
-import torch
 import yaml
 from hypothesis import given, settings, strategies as st
 
@@ -16,14 +15,6 @@ from pyro_vae.cli import main
 from pyro_vae.config import apply_overrides
 from pyro_vae.errors import ConfigError, RunDirError
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: tiny models on shared, loaded cores run many times faster without thread contention."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -14,14 +14,6 @@ from pyro_vae.baselines.history import ConvergenceWarning
 from pyro_vae.errors import ConfigError
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These tensors are tiny: intra-op threads only add contention on a shared CI machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def mixture(covariance_type="diag", n=600):
     cfg = load_config(None, ["data.name=synthetic_mixture", f"data.n={n}", "data.num_components=3",

@@ -15,14 +15,6 @@ from pyro_vae.errors import ConfigError
 from pyro_vae.train import prepare
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These tensors are tiny: intra-op threads only add contention on a shared CI machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def linear_data(n=1500, D=6, K=2, heteroscedastic=False, seed=0):
     g = np.random.default_rng(seed)

@@ -13,14 +13,6 @@ from pyro_vae.objectives import build_elbo
 from pyro_vae.train import prepare
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These tensors are tiny: intra-op threads only add contention on a shared CI machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 LINEAR = ["data.name=synthetic", "data.n=500", "data.x_dim=5", "model.latent_dim=2", "model.decoder.name=linear",
           "model.likelihood.learn_scale=global", "model.likelihood.scale=1.0", "guide.hidden=[]", "optim.lr=0.03",

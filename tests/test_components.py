@@ -1,6 +1,5 @@
 """Conformance tests run on every registered component (a new one is tested once registered)."""
 
-import pyro
 import pyro.poutine as poutine
 import pytest
 import torch

@@ -28,14 +28,6 @@ SETTINGS = ["data.name=synthetic", "data.n=600", "data.x_dim=6", "model.decoder.
 TRAIN = [a for s in SETTINGS for a in ("--set", s)] + ["--no-progress"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: tiny models on shared, loaded cores run many times faster without thread contention."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def start(*args):
     return subprocess.Popen([sys.executable, "-m", "pyro_vae", *map(str, args)], stdout=subprocess.PIPE,

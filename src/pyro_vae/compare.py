@@ -71,11 +71,13 @@ def compare(cfg: Config, methods: List[Tuple[str, Method]], budget: Budget, out:
 
     data, _ = prepare(cfg)  # every user error surfaces before anything is trained or written
     for name, method in methods:
-        if hasattr(method, "overrides"):
-            try:
+        try:
+            if hasattr(method, "overrides"):
                 configure(cfg, method.overrides)
-            except ConfigError as err:
-                raise ConfigError(f"method '{name}': {err}") from None
+            if hasattr(method, "check"):
+                method.check(cfg)
+        except ConfigError as err:
+            raise ConfigError(f"method '{name}': {err}") from None
     out = prepare_out(out, overwrite)
     rows: List[MethodResult] = []
     for name, method in methods:

@@ -22,22 +22,27 @@ def _default(value) -> str:
     return "required" if value is ... else repr(value)
 
 
-def describe(markdown: bool = False) -> str:
-    """All registered components with their config keys, types and defaults."""
+def _cell(text: str) -> str:
+    """Markdown table cell text: a bare ``|`` would split the cell."""
+    return str(text).replace("|", "\\|")
+
+
+def describe(markdown: bool = False, heading: str = "###") -> str:
+    """All registered components with their config keys, types and defaults (plain text, or Markdown tables)."""
     lines = []
     for section, registry in ALL_REGISTRIES.items():
         if markdown:
-            lines += [f"### `{section}.name`", "", "| name | description | parameters |", "|---|---|---|"]
+            lines += [f"{heading} `{section}.name`", "", "| name | description | parameters |", "|---|---|---|"]
         else:
             lines.append(f"{section}.name:")
         for entry in registry:
             params = entry.parameters()
-            shown = ", ".join(f"{k}: {t} = {_default(d)}" for k, (t, d) in params.items()) or "(none)"
             if markdown:
-                shown_md = "<br>".join(f"`{k}`: {t} = `{_default(d)}`" for k, (t, d) in params.items()) or "none"
-                lines.append(f"| `{entry.name}` | {entry.summary} | {shown_md} |")
+                shown = "<br>".join(f"`{k}`: {_cell(t)} = `{_cell(_default(d))}`" for k, (t, d) in params.items())
+                lines.append(f"| `{entry.name}` | {_cell(entry.summary)} | {shown or 'none'} |")
             else:
+                shown = ", ".join(f"{k}: {t} = {_default(d)}" for k, (t, d) in params.items())
                 lines.append(f"  {entry.name:<20} {entry.summary}")
-                lines.append(f"  {'':<20} keys: {shown}")
+                lines.append(f"  {'':<20} keys: {shown or '(none)'}")
         lines.append("")
     return "\n".join(lines).rstrip() + "\n"

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Literal, Optional
 
 import yaml
-from pydantic import (BaseModel, ConfigDict, Field, NonNegativeFloat, NonNegativeInt, PositiveFloat,
+from pydantic import (BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloat,
                       PositiveInt, ValidationError, field_validator, model_validator)
 
 from .data import DATASETS, DATA_KEYS
@@ -23,7 +23,7 @@ from .errors import ConfigError
 from .guides import GUIDES
 from .likelihoods import LIKELIHOODS
 from .priors import PRIORS
-from .registry import Registry, closest, format_error
+from .registry import Registry, format_error
 
 Spec = Dict[str, Any]
 
@@ -122,6 +122,7 @@ class TrainConfig(Section):
     on_nonfinite: Literal["stop", "skip"] = "stop"  # a NaN/inf loss or gradient: stop, or skip that step
     engine: Literal["auto", "pyro", "fused"] = "auto"  # pyro: Pyro's ELBO; fused: the same ELBO without tracing (fused.py); auto: fused where it covers the objective
     compile: bool = False  # torch.compile the fused loss and its backward (the first compile takes seconds to a minute)
+    device: Literal["cpu", "cuda", "auto"] = "cpu"  # where parameters and batches live; auto: cuda if available
 
 
 class Config(Section):

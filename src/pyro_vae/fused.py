@@ -48,13 +48,11 @@ def fused_elbo_loss(vae: VAE, x: torch.Tensor, num_particles: int = 1, kl: str =
     kl_term = None
     if kl == ANALYTIC:
         try:
-            kl_term = kl_divergence(q, p)  # (B,)
-        except NotImplementedError:  # TraceMeanField_ELBO's own fallback
-            kl_term = None
+            kl_term = kl_divergence(q, p).sum()  # of (B,)
+        except NotImplementedError:  # TraceMeanField_ELBO's own fallback for a pair without a closed form
+            pass
     if kl_term is None:
         kl_term = (q.log_prob(z) - p.log_prob(z)).sum() / num_particles
-    else:
-        kl_term = kl_term.sum()
     return kl_weight * kl_term - log_lik.sum() / num_particles
 
 

@@ -90,10 +90,16 @@ class MethodRegistry:
     def __init__(self):
         self._entries: Dict[str, MethodEntry] = {}
 
-    def register(self, name: str, summary: Optional[str] = None) -> Callable[[Method], Method]:
+    def register(self, name: str, summary: Optional[str] = None,
+                 check: Optional[Callable[[Config], Any]] = None) -> Callable[[Method], Method]:
+        """``check(cfg)``, if given, raises a one-line ConfigError for a config the method cannot run;
+        ``compare`` calls every method's check before anything is trained or written."""
+
         def decorator(fn: Method) -> Method:
             if name in self._entries:
                 raise ValueError(f"method '{name}' is already registered")
+            if check is not None:
+                fn.check = check
             doc = summary or (inspect.getdoc(fn) or "").split("\n")[0]
             self._entries[name] = MethodEntry(name, fn, doc)
             return fn

@@ -9,7 +9,7 @@ from typing import Any, Dict, List, Optional
 
 import torch
 
-from . import plots
+from . import distributed, plots
 from .build import build_vae
 from .config import Config, dump, validate
 from .data import Dataset, load_data
@@ -37,15 +37,22 @@ def default_out(cfg: Config) -> Path:
 
 def train_run(cfg: Config, out: Optional[str | Path] = None, overwrite: bool = False,
               progress: Optional[bool] = None) -> Run:
-    """Validate everything, create the run directory, train, then write summary and plots."""
-    data, vae = prepare(cfg)
-    run = RunDir.create(out or default_out(cfg), overwrite=overwrite)
-    trainer = Trainer(cfg, data, vae, run, progress=progress)
+    """Validate everything, create the run directory, train, then write summary and plots.
+
+    Under ``torch.distributed`` (see :func:`pyro_vae.distributed.init`) every rank calls this; only rank 0
+    creates and writes the run directory, and only rank 0's :class:`Run` carries a summary.
+    """
+    ctx = distributed.init(cfg.train.device)
+    data, vae = prepare(cfg, ctx.device)
+    out = out or (ctx.gather(str(default_out(cfg)))[0] if ctx.distributed else default_out(cfg))  # rank 0's clock names it
+    run = ctx.on_main(lambda: RunDir.create(out, overwrite=overwrite))
+    trainer = Trainer(cfg, data, vae, run, progress=progress, ctx=ctx)
     # the step-0 checkpoint comes before config.yaml, so every run directory has a checkpoint to resume from
-    run.save_checkpoint(trainer.state())
-    run.write_config(dump(cfg))
+    trainer.save()
+    if run is not None:
+        run.write_config(dump(cfg))
     trainer.fit()
-    return finish(trainer, run)
+    return finish(trainer, run, Path(out))
 
 
 def resume_run(path: str | Path, progress: Optional[bool] = None) -> Optional[Run]:
@@ -57,24 +64,31 @@ def resume_run(path: str | Path, progress: Optional[bool] = None) -> Optional[Ru
     """
     run = RunDir.existing(path)
     cfg = read_config(run)
-    state = run.load_checkpoint()
+    ctx = distributed.init(cfg.train.device)
+    state = run.load_checkpoint(quiet=not ctx.is_main)
     if state.get("config_hash") != cfg.hash():
         raise RunDirError(f"{run.config}: differs from the config the checkpoint was trained with (hash "
                           f"{cfg.hash()} != {state.get('config_hash')}); restore it or start a new run with 'pyro-vae train'")
     finished = state.get("epoch", 0) >= cfg.train.epochs and state.get("current") is None
     if finished and run.summary.is_file():
         return None
-    data, vae = prepare(cfg)
-    trainer = Trainer(cfg, data, vae, run, progress=progress)
+    data, vae = prepare(cfg, ctx.device)
+    # every rank has read the checkpoint before rank 0 can write the next one: that takes collectives
+    trainer = Trainer(cfg, data, vae, run if ctx.is_main else None, progress=progress, ctx=ctx)
     trainer.load_state(state)
-    run.remove_stale_temporaries()
-    run.write_metrics(trainer.metrics)  # drop rows of epochs after the checkpoint: they will be redone
+    if ctx.is_main:
+        run.remove_stale_temporaries()
+        run.write_metrics(trainer.metrics)  # drop rows of epochs after the checkpoint: they will be redone
     trainer.fit()
-    return finish(trainer, run)
+    return finish(trainer, trainer.run, run.path)
 
 
-def finish(trainer: Trainer, run: RunDir) -> Run:
+def finish(trainer: Trainer, run: Optional[RunDir], path: Path) -> Run:
+    """Summary and plots (rank 0; other ranks get a Run without summary). The VAE comes back on the CPU."""
+    if run is None:
+        return Run(path, trainer.cfg, trainer.vae.cpu(), trainer.data, trainer.metrics, None)
     summary = summarize(trainer)
+    trainer.vae.cpu()  # plots and the returned Run work on CPU tensors
     summary["plots"] = [str(p.relative_to(run.path)) for p in write_plots(run, trainer.vae, trainer.data, trainer.metrics)]
     run.write_summary(summary)
     return Run(run.path, trainer.cfg, trainer.vae, trainer.data, trainer.metrics, summary)

@@ -19,6 +19,7 @@ import pyro.poutine as poutine
 import torch
 from tqdm.auto import tqdm
 
+from . import distributed
 from .build import build_vae
 from .config import Config, dump
 from .data import Dataset, binarize_batch, load_data
@@ -76,8 +77,9 @@ def set_rng_state(state: Dict[str, Any], generators: Dict[str, torch.Generator])
 def elbo_per_point(vae: VAE, elbo, x: torch.Tensor, batch_size: int = EVAL_BATCH) -> float:
     """Mean ELBO over the rows of ``x`` (nats per data point) with beta = 1."""
     weight, vae.kl_weight = vae.kl_weight, 1.0
+    device = next(vae.parameters()).device
     try:
-        total = sum(-elbo.differentiable_loss(vae.model, vae.guide, xb) for xb in x.split(batch_size))
+        total = sum(-elbo.differentiable_loss(vae.model, vae.guide, xb.to(device)) for xb in x.split(batch_size))
     finally:
         vae.kl_weight = weight
     return float(total) / len(x)
@@ -127,14 +129,29 @@ class Trainer:
     Its whole state (see :meth:`state`) is a checkpoint: parameters, Adam's moments, every random
     generator, the counters and, mid-epoch, the epoch's permutation and position, so a run continued
     from a checkpoint takes exactly the steps the uninterrupted run would have taken.
+
+    Under ``torch.distributed`` (``ctx.world_size > 1``) every rank runs a Trainer: each takes its shard
+    ``batch[rank::W]`` of every global batch, the loss is scaled by ``W / B`` and DDP averages the
+    gradients, so each step follows the single-process full-batch gradient (``distributed.py`` derives
+    it). Ranks agree on NaN and signal stops through one small all-reduce per step; only rank 0 (the one
+    given ``run``) prints and writes, and its checkpoint holds every rank's sampling state.
     """
 
-    def __init__(self, cfg: Config, data: Dataset, vae: VAE, run: Optional[RunDir] = None, progress: Optional[bool] = None):
+    def __init__(self, cfg: Config, data: Dataset, vae: VAE, run: Optional[RunDir] = None, progress: Optional[bool] = None,
+                 ctx: Optional[distributed.Context] = None):
         self.cfg, self.data, self.vae, self.run = cfg, data, vae, run
+        self.ctx = ctx or distributed.current()
+        self.device = next(vae.parameters()).device
         self.elbo = build_elbo(cfg.inference)
         self.eval_elbo = evaluation_elbo()  # val/test report the ELBO, not the training bound
         # engine "fused": the same ELBO without Pyro's tracing (fused.py; Pyro's ELBO is its test oracle)
-        self.engine, self.loss_fn = select_engine(cfg, vae, self.elbo, data.train[:1])
+        self.engine, self.loss_fn = select_engine(cfg, vae, self.elbo, data.train[:1].to(self.device))
+        self.module = None  # the DDP-wrapped loss under torch.distributed
+        self.stop_agreed: Optional[int] = None  # a signal any rank saw, agreed at the last step's all-reduce
+        if self.ctx.distributed:
+            self.module = distributed.wrap(vae, self.loss_fn, self.ctx, bool(self.unused_parameters()))
+            # rank r > 0 samples z from its own stream; rank 0's is the single-process one
+            torch.manual_seed(distributed.rank_seed(cfg.seed, self.ctx.rank))
         self.optimizer = adam(vae.parameters(), lr=cfg.optim.lr)
         self.order = torch.Generator().manual_seed(cfg.seed + 1)  # data order
         self.binarizer = torch.Generator().manual_seed(cfg.seed + 2)  # dynamic binarization
@@ -142,7 +159,7 @@ class Trainer:
         self.current: Optional[Dict[str, Any]] = None  # the epoch in progress; None between epochs
         self._x: Optional[torch.Tensor] = None  # the current epoch's (binarized) training data
         self.stop_signal: Optional[int] = None
-        self.progress = sys.stderr.isatty() if progress is None else progress
+        self.progress = (sys.stderr.isatty() if progress is None else progress) and self.ctx.is_main
         self.steps_per_epoch = math.ceil(len(data.train) / cfg.train.batch_size)
 
     # -- state -------------------------------------------------------------------------------
@@ -175,16 +192,43 @@ class Trainer:
             self.epoch, self.step, self.seconds = state["epoch"], state["step"], state["seconds"]
             self.metrics = list(state["metrics"])
             set_rng_state(state["rng"], self.generators())
+            if self.ctx.distributed:
+                ranks = state["rng"].get("torch_ranks")
+                if ranks is not None and len(ranks) == self.ctx.world_size:
+                    torch.set_rng_state(ranks[self.ctx.rank])
+                elif self.ctx.rank > 0:  # a checkpoint of another world size: fresh streams for the new ranks
+                    torch.manual_seed(distributed.rank_seed(self.cfg.seed + self.step, self.ctx.rank))
         except (KeyError, TypeError, ValueError, RuntimeError) as err:
             raise RunDirError(f"{where}: does not fit this run ({_first_line(err)})") from None
         self.current = None if current is None else dict(current)
+        if self.current is not None and not self.ctx.is_main:  # rank 0 carries the epoch's sums so far
+            self.current.update(total=torch.zeros(()), points=0)
         if self.current is not None:
             self._x = self.epoch_data(torch.Generator().set_state(current["binarizer"])
                                       if current["binarizer"] is not None else None)
 
     def save(self) -> None:
+        """Checkpoint (collective under torch.distributed: every rank calls it, rank 0 writes)."""
+        state = self.state()
+        if self.ctx.distributed:
+            state["rng"]["torch_ranks"] = self.ctx.gather(torch.get_rng_state())
+            if state["current"] is not None:  # the epoch's running sums over all ranks, so any world size resumes it
+                total, points = self.ctx.all_sum(state["current"]["total"], state["current"]["points"])
+                state["current"].update(total=torch.tensor(total, dtype=torch.float32), points=int(points))
         if self.run is not None:
-            self.run.save_checkpoint(self.state())
+            self.run.save_checkpoint(state)
+
+    def unused_parameters(self) -> List[str]:
+        """Parameters that get no gradient from the loss (DDP must then look for them each step)."""
+        with torch.random.fork_rng(devices=[]):
+            self.loss_fn(self.data.train[:2].to(self.device), 1.0).backward()
+        unused = [n for n, p in self.vae.named_parameters() if p.requires_grad and p.grad is None]
+        self.vae.zero_grad(set_to_none=True)
+        return unused
+
+    def stopping(self) -> Optional[int]:
+        """The signal to stop on: this process's, or under torch.distributed the one the ranks agreed on."""
+        return self.stop_agreed if self.ctx.distributed else self.stop_signal
 
     # -- the loop ----------------------------------------------------------------------------
     def kl_weight(self) -> float:
@@ -207,16 +251,33 @@ class Trainer:
         self._x = self.epoch_data(self.binarizer if dynamic else None)
         self.current["perm"] = torch.randperm(len(self._x), generator=self.order)
 
-    def train_step(self, xb: torch.Tensor, rows: Optional[torch.Tensor] = None) -> Optional[torch.Tensor]:
-        """One SVI step on ``xb`` ``(batch, x_dim)``; returns the loss per point, or None if it was skipped."""
+    def train_step(self, xb: torch.Tensor, rows: Optional[torch.Tensor] = None,
+                   batch_size: Optional[int] = None) -> Optional[torch.Tensor]:
+        """One SVI step on ``xb`` ``(batch, x_dim)``; returns the loss per point, or None if it was skipped.
+
+        Under torch.distributed ``xb`` is this rank's shard of a global batch of ``batch_size`` rows.
+        """
         vae = self.vae
         vae.kl_weight = self.kl_weight()
         self.optimizer.zero_grad(set_to_none=True)
+        loss, error = None, None
         try:
-            loss = self.loss_fn(xb, vae.kl_weight) / len(xb)
+            if self.module is None:
+                loss = self.loss_fn(xb, vae.kl_weight) / len(xb)
+            else:  # W/B times the shard's sum: DDP's average over ranks is then the full-batch gradient
+                W = self.ctx.world_size
+                loss = self.module(xb, vae.kl_weight, W / (batch_size or len(xb) * W))
         except ValueError as err:  # with validate_args, Pyro rejects a NaN parameter before the loss sees it
-            return self.nonfinite(xb, rows, f"computing the loss raised {_first_line(err)}", err)
-        if not torch.isfinite(loss):
+            error = err
+        bad = error is not None or not torch.isfinite(loss)
+        if self.ctx.distributed:  # one all-reduce: a rank must not enter backward's all-reduce alone
+            any_bad, signum = self.ctx.all_max(bad, self.stop_signal or 0)
+            self.stop_agreed = self.stop_agreed or (int(signum) or None)
+            if any_bad and not bad:
+                return self.nonfinite(xb, rows, "another rank's loss is not finite")
+        if error is not None:
+            return self.nonfinite(xb, rows, f"computing the loss raised {_first_line(error)}", error)
+        if bad:
             return self.nonfinite(xb, rows, f"the loss is {float(loss.detach())}")
         loss.backward()
         params = [p for p in vae.parameters() if p.grad is not None]
@@ -226,6 +287,8 @@ class Trainer:
         if self.cfg.optim.clip_norm is not None:
             torch.nn.utils.clip_grad_norm_(params, self.cfg.optim.clip_norm)
         self.optimizer.step()
+        if self.module is not None:  # back to the shard's mean, for the epoch's train_elbo
+            loss = loss * (batch_size or len(xb) * self.ctx.world_size) / max(len(xb) * self.ctx.world_size, 1)
         return loss.detach()
 
     def nonfinite(self, xb: torch.Tensor, rows: Optional[torch.Tensor], what: str,
@@ -251,8 +314,9 @@ class Trainer:
         batches = cur["perm"].split(self.cfg.train.batch_size)
         start, seconds0 = time.perf_counter(), cur["seconds"]
         self.vae.train()
-        for idx in batches[cur["batch"]:]:
-            loss = self.train_step(self._x[idx], idx)
+        for batch in batches[cur["batch"]:]:
+            idx = self.ctx.shard(batch)
+            loss = self.train_step(self._x[idx].to(self.device), idx, len(batch))
             cur["batch"] += 1
             if loss is None:
                 cur["skipped"] += 1
@@ -263,22 +327,23 @@ class Trainer:
             cur["seconds"] = seconds0 + time.perf_counter() - start
             if bar is not None:
                 bar.update(1)
-            if self.stop_signal is not None or (every and self.step % every == 0 and cur["batch"] < len(batches)):
+            if self.stopping() is not None or (every and self.step % every == 0 and cur["batch"] < len(batches)):
                 self.save()
-                if self.stop_signal is not None:
+                if self.stopping() is not None:
                     self.interrupt()
         self.vae.kl_weight = 1.0
-        if cur["points"] == 0:
+        total, points = self.ctx.all_sum(cur["total"], cur["points"]) if self.ctx.distributed else (cur["total"], cur["points"])
+        if points == 0:
             raise NonFiniteError(f"epoch {self.epoch + 1}: every step was non-finite and skipped; nothing to train on")
-        return -float(cur["total"]) / cur["points"]
+        return -float(total) / points
 
     def interrupt(self) -> None:
-        name = signal.Signals(self.stop_signal).name
+        name = signal.Signals(self.stopping()).name
         where = f"step {self.step} (epoch {self.epoch + 1}, batch {self.current['batch']}/{self.steps_per_epoch})" \
             if self.current is not None else f"step {self.step} (end of epoch {self.epoch})"
         hint = f"; checkpoint written; continue with: pyro-vae resume {shlex.quote(str(self.run.path))}" \
             if self.run is not None else ""
-        raise Interrupted(self.stop_signal, f"interrupted by {name} at {where}{hint}")
+        raise Interrupted(self.stopping(), f"interrupted by {name} at {where}{hint}")
 
     @contextmanager
     def catch_signals(self):
@@ -316,7 +381,7 @@ class Trainer:
                 while self.epoch < cfg.train.epochs:
                     bar.set_description(f"epoch {self.epoch + 1}/{cfg.train.epochs}")
                     self.end_epoch(self.train_epoch(bar if self.progress else None), bar)
-                    if self.stop_signal is not None:
+                    if self.stopping() is not None:
                         self.interrupt()
         finally:
             bar.close()
@@ -338,7 +403,7 @@ class Trainer:
         if self.progress:
             bar.set_postfix(train_elbo=f"{train_elbo:.2f}", val_elbo=f"{val_elbo:.2f}",
                             ex_s=f"{row['examples_per_second']:.0f}")
-        else:
+        elif self.ctx.is_main:
             print(f"epoch {self.epoch:>4}/{cfg.train.epochs}  train_elbo {train_elbo:10.3f}  "
                   f"val_elbo {val_elbo:10.3f}  {row['examples_per_second']:8.0f} ex/s", flush=True)
         if self.run is not None:
@@ -346,11 +411,13 @@ class Trainer:
             self.run.write_metrics(self.metrics)
 
 
-def prepare(cfg: Config):
-    """Load and check the data, then build the VAE: every user error surfaces here, before any file is written."""
+def prepare(cfg: Config, device: Optional[torch.device] = None):
+    """Load and check the data, then build the VAE on ``device`` (default: ``train.device``): every user error
+    surfaces here, before any file is written. The data stay on the CPU; batches move to the device."""
     data = load_data(cfg.data.model_dump(), cfg.seed)
     seed_everything(cfg.seed)
     vae = build_vae(cfg, data.x_dim, data.image_shape)
+    vae.to(device if device is not None else distributed.resolve_device(cfg.train.device))
     if cfg.data.binarize == "none":
         vae.likelihood.check_data(data.train, where=f"data '{cfg.data.name}'")
     return data, vae
@@ -359,7 +426,7 @@ def prepare(cfg: Config):
 def summarize(trainer: Trainer) -> Dict[str, Any]:
     """Final numbers of a finished run (nats per data point) and the per-site KL report."""
     vae, data, cfg = trainer.vae, trainer.data, trainer.cfg
-    probe = data.train[: min(len(data.train), 16)]
+    probe = data.train[: min(len(data.train), 16)].to(trainer.device)
     last = trainer.metrics[-1]
     return {
         "epochs": trainer.epoch,

@@ -39,7 +39,7 @@ def _linear_gaussian_kind(cfg: Config) -> str:
     m = cfg.model
     if not ve.is_linear_gaussian(cfg):
         raise ConfigError(
-            f"em: exact EM needs a tractable posterior p(z|x), i.e. model.decoder.name=linear, model.prior.name=normal "
+            f"exact EM needs a tractable posterior p(z|x), i.e. model.decoder.name=linear, model.prior.name=normal "
             f"and model.likelihood.name=normal (pPCA / factor analysis), not decoder '{m.decoder['name']}', prior "
             f"'{m.prior['name']}', likelihood '{m.likelihood['name']}'; use variational_em, or gmm_em for a Gaussian mixture")
     learn = m.likelihood["learn_scale"]
@@ -58,7 +58,7 @@ def _test(data: Dataset) -> torch.Tensor:
     return data.test if len(data.test) else (data.val if len(data.val) else data.train)
 
 
-@METHODS.register("em")
+@METHODS.register("em", check=_linear_gaussian_kind)
 def em(cfg: Config, data: Dataset, budget: Budget) -> MethodResult:
     """Exact EM: pPCA (learn_scale global) or factor analysis (per_feature); refuses models without an exact E-step."""
     kind = _linear_gaussian_kind(cfg)

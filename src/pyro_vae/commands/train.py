@@ -1,8 +1,16 @@
-"""Train a VAE with SVI from a YAML config (no CONFIG: the default model on the bundled digits)."""
+"""Train a VAE with SVI from a YAML config (no CONFIG: the default model on the bundled digits).
+
+``--nproc N`` trains data-parallel in N local processes (torch.distributed, gloo on CPU, nccl on
+CUDA); on a cluster launch ``torchrun --nproc-per-node N [--nnodes ...] -m pyro_vae train CONFIG``
+instead. Either way the run directory, its metrics and its checkpoints are those of a one-process run.
+"""
 
 from __future__ import annotations
 
-import json
+import os
+
+from .. import distributed
+from ..errors import ConfigError
 
 from ..config import load
 from ..runs import train_run
@@ -19,13 +27,31 @@ def add_arguments(p) -> None:
     p.add_argument("--out", help="run directory (default: runs/<time>-<data>-<prior>)")
     p.add_argument("--overwrite", action="store_true", help="allow an existing non-empty --out (only pyro_vae's own files are replaced)")
     p.add_argument("--no-progress", action="store_true", help="plain lines instead of a progress bar")
+    p.add_argument("--nproc", type=int, default=1, metavar="N",
+                   help="data-parallel processes on this machine (train.batch_size stays the global batch)")
 
 
 def run(args) -> int:
-    cfg = load(args.config, args.overrides)
+    cfg = load(args.config, args.overrides)  # a config error surfaces once, before any process starts
+    if args.nproc > 1:
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise ConfigError("--nproc: this process was already launched by torchrun; drop --nproc")
+        if args.out is None:  # every rank must write to (and rank 0 create) the same directory
+            from ..runs import default_out
+            args.out = str(default_out(cfg))
+        return distributed.launch(run_rank, args.nproc, args)
+    if args.nproc < 1:
+        raise ConfigError(f"--nproc: must be at least 1, got {args.nproc}")
     result = train_run(cfg, args.out, overwrite=args.overwrite, progress=False if args.no_progress else None)
-    print_summary(result.path, result.summary)
+    if result.summary is not None:  # rank 0 under torch.distributed
+        print_summary(result.path, result.summary)
     return 0
+
+
+def run_rank(args) -> int:
+    """One rank of ``--nproc N`` (spawned by :func:`pyro_vae.distributed.launch`)."""
+    args.nproc = 1
+    return run(args)
 
 
 def print_summary(path, s) -> None:
