@@ -174,13 +174,12 @@ class LossModule(nn.Module):
 
 def wrap(vae: nn.Module, loss_fn, ctx: Context, find_unused_parameters: bool) -> nn.Module:
     """``DistributedDataParallel(LossModule(vae, loss_fn))``: broadcasts rank 0's parameters, then all-reduces
-    (averages) gradients in ``backward``. Buffers (fixed prior/likelihood constants) are not re-broadcast."""
+    (averages) gradients in ``backward``."""
     from torch.nn.parallel import DistributedDataParallel
 
     module = LossModule(vae, loss_fn)
     device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
-    return DistributedDataParallel(module, device_ids=device_ids, broadcast_buffers=False,
-                                   find_unused_parameters=find_unused_parameters)
+    return DistributedDataParallel(module, device_ids=device_ids, find_unused_parameters=find_unused_parameters)
 
 
 # -- launching N local processes ------------------------------------------------------------------

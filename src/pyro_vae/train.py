@@ -201,20 +201,29 @@ class Trainer:
         except (KeyError, TypeError, ValueError, RuntimeError) as err:
             raise RunDirError(f"{where}: does not fit this run ({_first_line(err)})") from None
         self.current = None if current is None else dict(current)
-        if self.current is not None and not self.ctx.is_main:  # rank 0 carries the epoch's sums so far
-            self.current.update(total=torch.zeros(()), points=0)
+        ranks = None if self.current is None else self.current.pop("ranks", None)
+        if self.ctx.distributed and self.current is not None:
+            if ranks is not None and len(ranks) == self.ctx.world_size:
+                total, points = ranks[self.ctx.rank]
+                self.current.update(total=torch.tensor(total, dtype=torch.float32), points=points)
+            elif not self.ctx.is_main:  # another world size: rank 0 carries the epoch's sums so far
+                self.current.update(total=torch.zeros(()), points=0)
         if self.current is not None:
             self._x = self.epoch_data(torch.Generator().set_state(current["binarizer"])
                                       if current["binarizer"] is not None else None)
 
     def save(self) -> None:
         """Checkpoint (collective under torch.distributed: every rank calls it, rank 0 writes)."""
+        if self.run is None and not self.ctx.distributed:
+            return
         state = self.state()
         if self.ctx.distributed:
             state["rng"]["torch_ranks"] = self.ctx.gather(torch.get_rng_state())
-            if state["current"] is not None:  # the epoch's running sums over all ranks, so any world size resumes it
-                total, points = self.ctx.all_sum(state["current"]["total"], state["current"]["points"])
-                state["current"].update(total=torch.tensor(total, dtype=torch.float32), points=int(points))
+            if state["current"] is not None:  # the epoch's running sums: over all ranks (any world size resumes
+                # it) and per rank (the same world size resumes it bitwise)
+                ranks = self.ctx.gather([float(state["current"]["total"]), int(state["current"]["points"])])
+                state["current"].update(total=torch.tensor(sum(t for t, _ in ranks), dtype=torch.float32),
+                                        points=sum(n for _, n in ranks), ranks=ranks)
         if self.run is not None:
             self.run.save_checkpoint(state)
 
@@ -301,7 +310,8 @@ class Trainer:
         where = "; ".join(found) or "every site's log_prob is finite on re-tracing (the non-finite value arose in the ELBO's arithmetic)"
         msg = f"step {self.step + 1} (epoch {self.epoch + 1}): {what}; {where}"
         if self.cfg.train.on_nonfinite == "skip":
-            print(f"pyro-vae: warning: skipped non-finite {msg}", file=sys.stderr, flush=True)
+            if self.ctx.is_main:  # every rank skips the same step; one of them says so
+                print(f"pyro-vae: warning: skipped non-finite {msg}", file=sys.stderr, flush=True)
             return None
         kept = f"; kept the last good checkpoint {self.run.checkpoint}" if self.run is not None else ""
         raise NonFiniteError(f"non-finite {msg}{kept} (lower optim.lr, set optim.clip_norm, or set train.on_nonfinite=skip)")
@@ -316,7 +326,8 @@ class Trainer:
         self.vae.train()
         for batch in batches[cur["batch"]:]:
             idx = self.ctx.shard(batch)
-            loss = self.train_step(self._x[idx].to(self.device), idx, len(batch))
+            xb = self._x[idx].to(self.device)
+            loss = self.train_step(xb, idx, len(batch)) if self.ctx.distributed else self.train_step(xb, idx)
             cur["batch"] += 1
             if loss is None:
                 cur["skipped"] += 1
@@ -406,8 +417,8 @@ class Trainer:
         elif self.ctx.is_main:
             print(f"epoch {self.epoch:>4}/{cfg.train.epochs}  train_elbo {train_elbo:10.3f}  "
                   f"val_elbo {val_elbo:10.3f}  {row['examples_per_second']:8.0f} ex/s", flush=True)
+        self.save()
         if self.run is not None:
-            self.save()
             self.run.write_metrics(self.metrics)
 
 

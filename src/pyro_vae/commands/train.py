@@ -10,9 +10,8 @@ from __future__ import annotations
 import os
 
 from .. import distributed
-from ..errors import ConfigError
-
 from ..config import load
+from ..errors import ConfigError
 from ..runs import train_run
 
 
@@ -43,8 +42,7 @@ def run(args) -> int:
     if args.nproc < 1:
         raise ConfigError(f"--nproc: must be at least 1, got {args.nproc}")
     result = train_run(cfg, args.out, overwrite=args.overwrite, progress=False if args.no_progress else None)
-    if result.summary is not None:  # rank 0 under torch.distributed
-        print_summary(result.path, result.summary)
+    print_summary(result.path, result.summary)
     return 0
 
 
@@ -55,6 +53,8 @@ def run_rank(args) -> int:
 
 
 def print_summary(path, s) -> None:
+    if s is None:  # a rank other than 0 under torch.distributed: rank 0 reports
+        return
     kl = ", ".join(f"{site}: {how}" for site, how in s["kl"].items())
     print(f"\nKL per latent site (requested {s['kl_requested']}): {kl}")
     test = f"{s['test_elbo']:.3f}" if s["test_elbo"] is not None else "n/a"
