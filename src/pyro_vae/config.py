@@ -46,19 +46,19 @@ class DataConfig(Section):
     """``data``: which dataset, how to split and binarize it; loader keys sit beside ``name``."""
 
     model_config = ConfigDict(extra="allow", validate_default=True)
-    name: str = "digits"
-    binarize: Literal["none", "static", "dynamic"] = "none"
-    val_fraction: float = Field(0.1, ge=0.0, lt=1.0)
-    test_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    name: str = "digits"  # a registered dataset (pyro-vae components); its own keys sit beside name
+    binarize: Literal["none", "static", "dynamic"] = "none"  # for Bernoulli likelihoods: one seeded draw, or a fresh one every epoch
+    val_fraction: float = Field(0.1, ge=0.0, lt=1.0)  # share of the points held out for validation (seeded split)
+    test_fraction: float = Field(0.1, ge=0.0, lt=1.0)  # share of the points held out for testing (seeded split)
 
 
 class ModelConfig(Section):
     """``model``: the generative model p(z) p(x|z)."""
 
-    latent_dim: PositiveInt = 2
-    prior: Spec = {"name": "normal"}
-    decoder: Spec = {"name": "mlp"}
-    likelihood: Spec = {"name": "normal"}
+    latent_dim: PositiveInt = 2  # dimension of z; 2 draws the latent scatter plot
+    prior: Spec = {"name": "normal"}  # p(z): a registered prior and its keys
+    decoder: Spec = {"name": "mlp"}  # g(z; theta): a registered decoder and its keys
+    likelihood: Spec = {"name": "normal"}  # p(x | g(z)): a registered likelihood and its keys
 
     @field_validator("prior", mode="before")
     @classmethod
@@ -81,11 +81,11 @@ class InferenceConfig(Section):
 
     objective: Literal["elbo", "iwae", "renyi"] = "elbo"  # renyi: RenyiELBO(alpha); iwae is renyi with alpha = 0
     estimator: Literal["reparam", "score_function"] = "reparam"  # score_function: TraceGraph_ELBO on a non-reparameterized q
-    kl: Literal["analytic", "monte_carlo"] = "analytic"
-    num_particles: PositiveInt = 1
+    kl: Literal["analytic", "monte_carlo"] = "analytic"  # TraceMeanField_ELBO (closed form where one exists) or Trace_ELBO
+    num_particles: PositiveInt = 1  # z samples per data point, vectorized
     alpha: float = 0.0  # order of the Renyi bound (objective: renyi); alpha = 1 is the ELBO
     beta: PositiveFloat = 1.0  # poutine.scale needs > 0
-    kl_warmup_epochs: NonNegativeInt = 0
+    kl_warmup_epochs: NonNegativeInt = 0  # ramp beta linearly from 0 over this many epochs
 
     @model_validator(mode="after")
     def _consistent(self):
@@ -108,15 +108,15 @@ class InferenceConfig(Section):
 class OptimConfig(Section):
     """``optim``: Adam and optional gradient-norm clipping."""
 
-    lr: PositiveFloat = 1e-3
-    clip_norm: Optional[PositiveFloat] = None
+    lr: PositiveFloat = 1e-3  # Adam learning rate
+    clip_norm: Optional[PositiveFloat] = None  # clip the global gradient norm to this (null: no clipping)
 
 
 class TrainConfig(Section):
     """``train``: the loop."""
 
-    epochs: PositiveInt = 100
-    batch_size: PositiveInt = 64
+    epochs: PositiveInt = 100  # passes over the training split
+    batch_size: PositiveInt = 64  # data points per step (the global batch under torch.distributed)
     validate_args: bool = False  # Pyro's distribution checks: on in tests, off in the hot loop for speed
     checkpoint_every_steps: Optional[PositiveInt] = None  # also checkpoint mid-epoch (None: at epoch ends only)
     on_nonfinite: Literal["stop", "skip"] = "stop"  # a NaN/inf loss or gradient: stop, or skip that step
@@ -128,10 +128,10 @@ class TrainConfig(Section):
 class Config(Section):
     """The whole run: every key has a default, so an empty file is the default run."""
 
-    seed: NonNegativeInt = 0
+    seed: NonNegativeInt = 0  # seeds the split, the initialisation and every random draw
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
-    guide: Spec = {"name": "mean_field"}
+    guide: Spec = {"name": "mean_field"}  # q(z|x): a registered guide and its keys
     inference: InferenceConfig = Field(default_factory=InferenceConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)

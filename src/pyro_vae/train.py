@@ -11,7 +11,7 @@ import threading
 import time
 import warnings
 from contextlib import contextmanager
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 import pyro
@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from . import distributed
 from .build import build_vae
-from .config import Config, dump
+from .config import Config
 from .data import Dataset, binarize_batch, load_data
 from .fused import adam, select_engine
 from .errors import RunDirError, UserError
@@ -121,6 +121,16 @@ def diagnose(vae: VAE, xb: torch.Tensor, rows: Optional[torch.Tensor] = None) ->
                     found.append(f"{who} site '{name}': log_prob is {float(log_prob[i])} for {len(bad)} of "
                                  f"{log_prob.numel()} points (first: train row {row})")
     return found
+
+
+def grads_finite(params: List[torch.Tensor]) -> bool:
+    """Whether every gradient is finite, in one fused pass: the max-abs norm of each gradient is NaN
+    or inf exactly when it holds one, and cannot overflow. (A per-tensor ``isfinite().all()`` loop cost
+    about 15% of a training step at the MNIST shape.)"""
+    if not params:
+        return True
+    norms = torch._foreach_norm([p.grad for p in params], math.inf)
+    return bool(torch.isfinite(torch.stack(norms)).all())
 
 
 class Trainer:
@@ -290,7 +300,7 @@ class Trainer:
             return self.nonfinite(xb, rows, f"the loss is {float(loss.detach())}")
         loss.backward()
         params = [p for p in vae.parameters() if p.grad is not None]
-        if not all(torch.isfinite(p.grad).all() for p in params):
+        if not grads_finite(params):
             names = [n for n, p in vae.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
             return self.nonfinite(xb, rows, f"the gradient of {names[0]} is not finite")
         if self.cfg.optim.clip_norm is not None:
