@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
+import mkdocs  # noqa: F401  (the test extra installs the docs toolchain: a missing one must fail, not skip)
+import mkdocstrings  # noqa: F401
+
 ROOT = Path(__file__).resolve().parent.parent
-pytest.importorskip("mkdocs")
-pytest.importorskip("mkdocstrings")
 
 
 @pytest.fixture(scope="module")
