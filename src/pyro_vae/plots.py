@@ -19,6 +19,11 @@ def learning_curves(metrics: List[Dict], path: Path) -> Path:
     epochs = [m["epoch"] for m in metrics]
     ax.plot(epochs, [m["train_elbo"] for m in metrics], label="train (objective, running mean)")
     ax.plot(epochs, [m["val_elbo"] for m in metrics], label="validation ELBO")
+    if len(metrics) > 4:  # the first epoch's bound is often far below the rest: do not let it flatten them
+        later = [v for m in metrics[1:] for v in (m["train_elbo"], m["val_elbo"]) if np.isfinite(v)]
+        if later:
+            lo, hi = min(later), max(later)
+            ax.set_ylim(lo - 0.05 * (hi - lo + 1e-9), hi + 0.05 * (hi - lo + 1e-9))
     ax.set_xlabel("epoch")
     ax.set_ylabel("ELBO (nats per data point, higher is better)")
     ax.legend()
