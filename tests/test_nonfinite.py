@@ -70,3 +70,20 @@ def test_huge_learning_rate_diverges_and_is_caught(tmp_path, capsys, validate_ar
     assert "site '" in err[0] or "non-finite parameters" in err[0]
     state = RunDir(out).load_checkpoint()
     assert all(torch.isfinite(t).all() for t in state["vae"].values())
+
+
+def test_grads_finite_fast_path_and_overflow_fallback():
+    from pyro_vae.train import grads_finite
+
+    def params(*values):
+        out = []
+        for v in values:
+            p = torch.nn.Parameter(torch.zeros(3))
+            p.grad = torch.tensor([0.0, 1.0, v])
+            out.append(p)
+        return out
+
+    assert grads_finite(params(1.0, 2.0)) and grads_finite([])
+    assert grads_finite(params(1e30, 3e38))  # finite, though the squares overflow the fast L2 norm
+    assert not grads_finite(params(1.0, float("nan")))
+    assert not grads_finite(params(float("-inf"), 1.0))

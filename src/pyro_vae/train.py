@@ -124,13 +124,14 @@ def diagnose(vae: VAE, xb: torch.Tensor, rows: Optional[torch.Tensor] = None) ->
 
 
 def grads_finite(params: List[torch.Tensor]) -> bool:
-    """Whether every gradient is finite, in one fused pass: the max-abs norm of each gradient is NaN
-    or inf exactly when it holds one, and cannot overflow. (A per-tensor ``isfinite().all()`` loop cost
-    about 15% of a training step at the MNIST shape.)"""
-    if not params:
+    """Whether every gradient is finite. Fast path: the L2 norms of all gradients in one fused pass
+    (a per-tensor ``isfinite().all()`` loop, or the max-abs norm, costs ~40x more on CPU: about 15% of a
+    step at the MNIST shape). A non-finite norm is confirmed element-wise, since the squares of huge but
+    finite gradients can overflow."""
+    grads = [p.grad for p in params]
+    if not grads or bool(torch.isfinite(torch.stack(torch._foreach_norm(grads))).all()):
         return True
-    norms = torch._foreach_norm([p.grad for p in params], math.inf)
-    return bool(torch.isfinite(torch.stack(norms)).all())
+    return all(bool(torch.isfinite(g).all()) for g in grads)
 
 
 class Trainer:
