@@ -6,6 +6,8 @@ and may refuse data it cannot model in ``check_data``.
 
 from __future__ import annotations
 
+from abc import ABCMeta, abstractmethod
+
 import math
 from typing import Literal
 
@@ -36,7 +38,7 @@ class Likelihood(nn.Module):
 LearnScale = Literal["none", "global", "per_feature"]
 
 
-class LocScaleLikelihood(Likelihood):
+class LocScaleLikelihood(Likelihood, metaclass=ABCMeta):
     """Base class: x_i | z ~ family(loc = g_i(z), scale sigma) with sigma fixed (``learn_scale: none``),
     one learned sigma (``global``) or one learned sigma per feature (``per_feature``)."""
 
@@ -54,8 +56,9 @@ class LocScaleLikelihood(Likelihood):
     def scale(self) -> torch.Tensor:
         return self.log_scale.exp()
 
+    @abstractmethod
     def family(self, loc: torch.Tensor, scale: torch.Tensor) -> dist.Distribution:
-        raise NotImplementedError
+        """The per-feature distribution with ``loc`` and ``scale``, both ``(..., x_dim)``."""
 
     def forward(self, loc: torch.Tensor) -> dist.Distribution:
         return self.family(loc, self.scale.expand(loc.shape)).to_event(1)
