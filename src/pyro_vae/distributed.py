@@ -18,6 +18,7 @@ is inside each ``l_i``, and the VAE has no global latent, so no ``N/B`` factor e
 from __future__ import annotations
 
 import atexit
+import gc
 import os
 import signal
 import socket
@@ -142,8 +143,22 @@ def init(device: str = "cpu") -> Context:
     return Context(dist.get_rank(), dist.get_world_size(), local_rank, dev)
 
 
+def shutdown() -> None:
+    """Leave the process group in step with the other ranks: every rank waits at a barrier (so none tears
+    down its sockets while another still uses them, e.g. rank 0 writing plots), then destroys it.
+
+    Call it after the last collective, once the DDP wrappers are released; a no-op without a process group.
+    """
+    if dist.is_available() and dist.is_initialized():
+        gc.collect()  # a DDP reducer kept alive by a reference cycle must go before its process group
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def _destroy() -> None:
-    if dist.is_initialized():
+    """The atexit fallback for a run that ended early (an error on every rank): no barrier, a rank may be gone."""
+    if dist.is_available() and dist.is_initialized():
+        gc.collect()
         dist.destroy_process_group()
 
 

@@ -84,14 +84,25 @@ def resume_run(path: str | Path, progress: Optional[bool] = None) -> Optional[Ru
 
 
 def finish(trainer: Trainer, run: Optional[RunDir], path: Path) -> Run:
-    """Summary and plots (rank 0; other ranks get a Run without summary). The VAE comes back on the CPU."""
-    if run is None:
-        return Run(path, trainer.cfg, trainer.vae.cpu(), trainer.data, trainer.metrics, None)
-    summary = summarize(trainer)
-    trainer.vae.cpu()  # plots and the returned Run work on CPU tensors
-    summary["plots"] = [str(p.relative_to(run.path)) for p in write_plots(run, trainer.vae, trainer.data, trainer.metrics)]
-    run.write_summary(summary)
-    return Run(run.path, trainer.cfg, trainer.vae, trainer.data, trainer.metrics, summary)
+    """Summary and plots (rank 0; other ranks get a Run without summary). The VAE comes back on the CPU.
+
+    Under ``torch.distributed`` the other ranks wait for rank 0's files (and share its errors), then every
+    rank leaves the process group together (:func:`pyro_vae.distributed.shutdown`).
+    """
+    trainer.close()
+
+    def write() -> dict:
+        summary = summarize(trainer)
+        trainer.vae.cpu()  # plots and the returned Run work on CPU tensors
+        summary["plots"] = [str(p.relative_to(run.path)) for p in write_plots(run, trainer.vae, trainer.data, trainer.metrics)]
+        run.write_summary(summary)
+        return summary
+
+    summary = trainer.ctx.on_main(write)
+    trainer.vae.cpu()
+    if trainer.ctx.distributed:
+        distributed.shutdown()
+    return Run(path if run is None else run.path, trainer.cfg, trainer.vae, trainer.data, trainer.metrics, summary)
 
 
 def write_plots(run: RunDir, vae: VAE, data: Dataset, metrics: List[Dict[str, Any]]) -> List[Path]:

@@ -390,8 +390,14 @@ class Trainer:
             for s, h in previous.items():
                 signal.signal(s, h)
 
+    def close(self) -> None:
+        """Release the DDP wrapper (and its gradient hooks) once training is over; the VAE stays."""
+        self.module = None
+
     def fit(self) -> List[Dict[str, Any]]:
         cfg = self.cfg
+        if self.ctx.distributed and self.module is None:
+            raise RuntimeError("Trainer.fit after close(): the DDP wrapper is gone; build a new Trainer")
         pyro.enable_validation(cfg.train.validate_args)
         total_steps = cfg.train.epochs * self.steps_per_epoch
         bar = tqdm(total=total_steps, initial=self.step, unit="step",
