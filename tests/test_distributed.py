@@ -167,6 +167,31 @@ def test_two_process_checkpoint_resumes_in_one_process(two_process_run, tmp_path
     assert json.loads((run / "summary.json").read_text())["epochs"] == 2
 
 
+def test_a_two_process_checkpoint_resumes_exactly_on_two_processes(two_process_run, tmp_path):
+    out, _ = two_process_run
+    run = tmp_path / "run"
+    shutil.copytree(out, run)
+    (run / "checkpoint.prev.pt").replace(run / "checkpoint.pt")  # back to the end of epoch 1
+    (run / "summary.json").unlink()
+    proc = run_cli("resume", run, "--nproc", "2", "--no-progress")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("run directory:") == 1, proc.stdout  # rank 0 reports
+    ours, theirs = RunDir(run).load_checkpoint()["vae"], RunDir(out).load_checkpoint()["vae"]
+    for name in theirs:
+        assert torch.equal(ours[name], theirs[name]), name
+    timing = ("seconds", "wall_time", "examples_per_second")
+    assert [{k: v for k, v in r.items() if k not in timing} for r in rows(run)] == \
+        [{k: v for k, v in r.items() if k not in timing} for r in rows(out)]
+
+
+def test_a_user_error_under_torchrun_is_said_once(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+                           "--master-port", str(distributed.free_port()), "-m", "pyro_vae", "resume",
+                           str(tmp_path / "missing")], capture_output=True, text=True, env=ENV, timeout=300)
+    assert proc.returncode != 0
+    assert proc.stderr.count("pyro-vae: error:") == 1, proc.stderr
+
+
 SIGNAL_RUN = ["--set", "data.name=synthetic", "--set", "data.n=600", "--set", "data.x_dim=6",
               "--set", "model.decoder.hidden=[8]", "--set", "guide.hidden=[8]", "--set", "train.batch_size=32",
               "--set", "train.epochs=6", "--set", "train.checkpoint_every_steps=4", "--no-progress"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from typing import List, Optional
 
@@ -35,11 +36,17 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         return args._run(args)
     except UserError as err:
-        print(f"pyro-vae: error: {err}", file=sys.stderr)
+        if _is_rank_zero():  # under torchrun every rank raises the same error: say it once
+            print(f"pyro-vae: error: {err}", file=sys.stderr)
         return err.exit_code
     except KeyboardInterrupt:
-        print("pyro-vae: interrupted", file=sys.stderr)
+        if _is_rank_zero():
+            print("pyro-vae: interrupted", file=sys.stderr)
         return 130
+
+
+def _is_rank_zero() -> bool:
+    return os.environ.get("RANK", "0") == "0"
 
 
 if __name__ == "__main__":
