@@ -167,6 +167,16 @@ def test_two_process_checkpoint_resumes_in_one_process(two_process_run, tmp_path
     assert json.loads((run / "summary.json").read_text())["epochs"] == 2
 
 
+def assert_same_run(a, b):
+    """Bitwise-equal parameters and equal metrics (but for timings): ``a`` took the steps ``b`` took."""
+    ours, theirs = RunDir(a).load_checkpoint()["vae"], RunDir(b).load_checkpoint()["vae"]
+    for name in theirs:
+        assert torch.equal(ours[name], theirs[name]), name
+    timing = ("seconds", "wall_time", "examples_per_second")
+    assert [{k: v for k, v in r.items() if k not in timing} for r in rows(a)] == \
+        [{k: v for k, v in r.items() if k not in timing} for r in rows(b)]
+
+
 def test_a_two_process_checkpoint_resumes_exactly_on_two_processes(two_process_run, tmp_path):
     out, _ = two_process_run
     run = tmp_path / "run"
@@ -176,12 +186,7 @@ def test_a_two_process_checkpoint_resumes_exactly_on_two_processes(two_process_r
     proc = run_cli("resume", run, "--nproc", "2", "--no-progress")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("run directory:") == 1, proc.stdout  # rank 0 reports
-    ours, theirs = RunDir(run).load_checkpoint()["vae"], RunDir(out).load_checkpoint()["vae"]
-    for name in theirs:
-        assert torch.equal(ours[name], theirs[name]), name
-    timing = ("seconds", "wall_time", "examples_per_second")
-    assert [{k: v for k, v in r.items() if k not in timing} for r in rows(run)] == \
-        [{k: v for k, v in r.items() if k not in timing} for r in rows(out)]
+    assert_same_run(run, out)
 
 
 def test_a_user_error_under_torchrun_is_said_once(tmp_path):
@@ -221,12 +226,7 @@ def test_sigterm_stops_every_rank_at_one_checkpoint_and_resumes_exactly_with_tor
                            "--master-port", str(distributed.free_port()), "-m", "pyro_vae", "resume", str(cut),
                            "--no-progress"], capture_output=True, text=True, env=ENV, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    ours, theirs = RunDir(cut).load_checkpoint()["vae"], RunDir(whole).load_checkpoint()["vae"]
-    for name in theirs:
-        assert torch.equal(ours[name], theirs[name]), name
-    timing = ("seconds", "wall_time", "examples_per_second")
-    assert [{k: v for k, v in r.items() if k not in timing} for r in rows(cut)] == \
-        [{k: v for k, v in r.items() if k not in timing} for r in rows(whole)]
+    assert_same_run(cut, whole)
 
 
 def test_a_nan_on_two_processes_stops_both_at_the_same_step_with_one_line(tmp_path):

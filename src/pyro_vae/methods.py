@@ -15,14 +15,14 @@ import math
 import sys
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Dict, Iterator, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import torch
 
 from .config import Config, InferenceConfig, apply_overrides, validate
 from .data import Dataset, binarize_batch
 from .errors import ConfigError
-from .registry import closest
+from .registry import Named
 
 
 @dataclass(frozen=True)
@@ -84,11 +84,11 @@ class MethodEntry:
     summary: str
 
 
-class MethodRegistry:
-    """Named comparison methods (a plain name -> callable map with helpful errors)."""
+class MethodRegistry(Named[MethodEntry]):
+    """Named comparison methods: ``register`` a function ``(cfg, data, budget) -> MethodResult``."""
 
     def __init__(self):
-        self._entries: Dict[str, MethodEntry] = {}
+        super().__init__("method")
 
     def register(self, name: str, summary: Optional[str] = None,
                  check: Optional[Callable[[Config], Any]] = None) -> Callable[[Method], Method]:
@@ -96,30 +96,15 @@ class MethodRegistry:
         ``compare`` calls every method's check before anything is trained or written."""
 
         def decorator(fn: Method) -> Method:
-            if name in self._entries:
-                raise ValueError(f"method '{name}' is already registered")
             if check is not None:
                 fn.check = check
-            doc = summary or (inspect.getdoc(fn) or "").split("\n")[0]
-            self._entries[name] = MethodEntry(name, fn, doc)
+            self._add(name, MethodEntry(name, fn, summary or (inspect.getdoc(fn) or "").split("\n")[0]))
             return fn
 
         return decorator
 
-    def __contains__(self, name: str) -> bool:
-        return name in self._entries
-
-    def __iter__(self) -> Iterator[MethodEntry]:
-        return iter(self._entries.values())
-
-    def names(self) -> List[str]:
-        return list(self._entries)
-
     def get(self, name: str) -> MethodEntry:
-        if name not in self._entries:
-            raise ConfigError(f"--methods: unknown method '{name}'{closest(name, self._entries)}; "
-                              f"choose from: {', '.join(self._entries)}")
-        return self._entries[name]
+        return self.lookup(name, "--methods")
 
 
 METHODS = MethodRegistry()

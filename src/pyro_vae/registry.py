@@ -6,7 +6,7 @@ import difflib
 import inspect
 import typing
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterable, Iterator, Tuple
+from typing import Any, Callable, Dict, Generic, Iterable, Iterator, Tuple, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
@@ -79,7 +79,39 @@ def _schema_from_signature(kind: str, name: str, cls: type) -> type[BaseModel]:
     return create_model(model_name, __config__=ConfigDict(extra="forbid"), **fields)
 
 
-class Registry:
+E = TypeVar("E")
+
+
+class Named(Generic[E]):
+    """A name -> entry map whose lookups fail with one line naming the closest valid name."""
+
+    def __init__(self, kind: str):
+        self.kind = kind
+        self._entries: Dict[str, E] = {}
+
+    def _add(self, name: str, entry: E) -> None:
+        if name in self._entries:
+            raise ValueError(f"{self.kind} '{name}' is already registered")
+        self._entries[name] = entry
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._entries
+
+    def __iter__(self) -> Iterator[E]:
+        return iter(self._entries.values())
+
+    def names(self) -> list[str]:
+        return list(self._entries)
+
+    def lookup(self, name: str, at: str) -> E:
+        """The entry called ``name``; else a ConfigError for the config key or flag ``at``."""
+        if name not in self._entries:
+            raise ConfigError(f"{at}: unknown {self.kind} '{name}'{closest(name, self._entries)}; "
+                              f"choose one of: {', '.join(self._entries)}")
+        return self._entries[name]
+
+
+class Registry(Named[Entry]):
     """Named components of one kind (priors, guides, ...), each built from a config spec.
 
     A spec is a dict ``{"name": ..., **params}``; ``params`` are validated against the
@@ -87,37 +119,16 @@ class Registry:
     silently swallowed.
     """
 
-    def __init__(self, kind: str):
-        self.kind = kind
-        self._entries: Dict[str, Entry] = {}
-
     def register(self, name: str) -> Callable[[type], type]:
         def decorator(cls: type) -> type:
-            if name in self._entries:
-                raise ValueError(f"{self.kind} '{name}' is already registered")
+            self._add(name, Entry(name, cls, _schema_from_signature(self.kind, name, cls)))
             cls.registry_name = name
-            self._entries[name] = Entry(name, cls, _schema_from_signature(self.kind, name, cls))
             return cls
 
         return decorator
 
-    def __contains__(self, name: str) -> bool:
-        return name in self._entries
-
-    def __iter__(self) -> Iterator[Entry]:
-        return iter(self._entries.values())
-
-    def names(self) -> list[str]:
-        return list(self._entries)
-
     def get(self, name: str, where: str = "") -> Entry:
-        if name not in self._entries:
-            at = f"{where}.name" if where else f"{self.kind} name"
-            raise ConfigError(
-                f"{at}: unknown {self.kind} '{name}'{closest(name, self._entries)}; "
-                f"choose one of: {', '.join(self._entries)}"
-            )
-        return self._entries[name]
+        return self.lookup(name, f"{where}.name" if where else f"{self.kind} name")
 
     def resolve(self, spec: Dict[str, Any], where: str = "", reserved: Iterable[str] = ()) -> Dict[str, Any]:
         """Validate ``spec`` and return it with every default filled in.
