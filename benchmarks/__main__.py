@@ -1,9 +1,22 @@
-"""``python -m benchmarks [--quick]``: time pyro_vae's training loop and IWAE evaluation against the references."""
+"""``python -m benchmarks [--quick] [--device D]``: time pyro_vae's training and IWAE evaluation against the references.
+
+Training columns, each a multiple of ``torch_eager`` (the hand-written PyTorch VAE): ``pyro_svi``
+(Pyro's tutorial ``SVI.step`` loop), ``pyro_vae[pyro]`` / ``pyro_vae[fused]`` (the ``Trainer`` per
+``train.engine``), ``pyro_vae[fused+compile]`` (full run), and, when the optional ``bench`` extra is
+installed (``pip install -e '.[bench]'``: jax, numpyro), the NumPyro peer of ``numpyro_peer.py`` with
+the same model and objective: ``numpyro[jit]`` (jitted ``svi.update``, a Python loop over batches) and
+``numpyro[scan]`` (one jitted epoch in ``lax.scan``). Without it the table says so in one note line.
+JAX compiles in the warm-up epoch, reported once as "first epoch" and kept out of the ratios. With one
+torch thread (``--threads 1``, or a loaded machine) JAX gets one compute thread too (its CPU pool is
+started under a one-core affinity mask: ``training.configure_jax``); otherwise both use every core.
+``--device`` puts every contender on ``cpu`` or ``cuda`` (``auto``: cuda when available).
+"""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import inspect
 import os
 import sys
 
@@ -11,11 +24,16 @@ import torch
 
 from tqdm.auto import tqdm
 
+from pyro_vae.distributed import resolve_device
+from pyro_vae.errors import UserError
+
 from . import iwae, report, training
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    summary, _, columns = __doc__.partition("\n\n")
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=summary, epilog=columns,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="a ~1 minute smoke run: two shapes, few rounds, K=100")
     parser.add_argument("--rounds", type=int, default=None, help="timed rounds per shape (default 7; quick 3)")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
@@ -24,9 +42,16 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads (default: torch's, or 1 when the load average exceeds the cores: "
                              "oversubscribed OpenMP threads spin and make every number meaningless)")
+    parser.add_argument("--device", choices=["cpu", "cuda", "auto"], default="cpu",
+                        help="where every contender trains, as train.device (auto: cuda when available)")
     parser.add_argument("--out", default=None, help="results directory (default: benchmarks/results)")
     parser.add_argument("--name", default=None, help="results file stem (default: quick or latest)")
     args = parser.parse_args(argv)
+    try:
+        device = resolve_device(args.device).type  # the Trainer's own check: cuda without CUDA is a ConfigError
+    except UserError as err:
+        print(f"python -m benchmarks: error: --device {args.device}: {err}", file=sys.stderr)
+        return 2
     rounds = args.rounds or (3 if args.quick else 7)
     cases = training.QUICK if args.quick else training.CASES
     compile_ = (not args.quick) if args.compile is None else args.compile
@@ -37,15 +62,28 @@ def main(argv=None) -> int:
               f"(--threads to override)", file=sys.stderr)
     if threads is not None:
         torch.set_num_threads(threads)
+    jax_threads = training.configure_jax(threads, device)  # before anything imports jax
+    peer = dict(training.peer_status(device), threads=jax_threads)
+    if not peer["available"]:
+        print(peer["note"], file=sys.stderr)
     if args.quick:
         cases = [dataclasses.replace(case, n_train=1024) for case in cases]
-    result = {"quick": args.quick, "date": report.now(), "machine": report.machine(), "training": []}
+    result = {"quick": args.quick, "date": report.now(), "machine": report.machine(), "device": device,
+              "numpyro": peer, "training": []}
     with tqdm(total=len(cases) * (rounds + 1), unit="round", desc="training", file=sys.stderr) as bar:
         for case in cases:
-            result["training"].append(training.run_case(case, rounds, compile_, bar=bar))
+            result["training"].append(training.run_case(case, rounds, compile_, bar=bar, device=device,
+                                                        numpyro=peer["available"]))
     if args.iwae:
         print("IWAE evaluation ...", file=sys.stderr, flush=True)
-        result["iwae"] = iwae.run([100] if args.quick else [100, 1000, 5000], rounds=2 if args.quick else 3)
+        ks, iwae_rounds = ([100], 2) if args.quick else ([100, 1000, 5000], 3)
+        if device == "cpu":
+            result["iwae"] = iwae.run(ks, rounds=iwae_rounds)
+        elif "device" in inspect.signature(iwae.run).parameters:
+            result["iwae"] = iwae.run(ks, rounds=iwae_rounds, device=device)
+        else:
+            result["iwae"] = {"available": False, "note": f"benchmarks/iwae.py does not take a device yet: "
+                                                          f"IWAE evaluation skipped on {device}"}
     paths = report.write(result, args.name or ("quick" if args.quick else "latest"), args.out)
     print(report.markdown(result))
     print("wrote " + ", ".join(str(p) for p in paths), file=sys.stderr)

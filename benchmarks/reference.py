@@ -9,7 +9,7 @@ PyTorch user would write it: no distributions objects, no effect handlers.
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence, Union
+from typing import Callable, Optional, Sequence, Union
 
 import pyro
 import torch
@@ -38,11 +38,15 @@ class TorchVAE(nn.Module):
         self.likelihood = likelihood
         self.log_scale = math.log(scale)
 
-    def loss(self, x: torch.Tensor) -> torch.Tensor:
-        """Minus the ELBO per data point: ``-(1/B) sum_b [log p(x_b | z_b) - KL(q(z|x_b) || N(0, I))]``."""
+    def loss(self, x: torch.Tensor, eps: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Minus the ELBO per data point: ``-(1/B) sum_b [log p(x_b | z_b) - KL(q(z|x_b) || N(0, I))]``.
+
+        ``z = loc + scale * eps`` with ``eps`` (B, latent_dim) standard normal noise, drawn unless given
+        (given, the loss is a deterministic function of the weights: how the NumPyro peer is checked).
+        """
         h = self.trunk(x)
         loc, scale = self.loc_head(h), softplus(self.scale_head(h)) + MIN_SCALE
-        z = loc + scale * torch.randn_like(loc)
+        z = loc + scale * (torch.randn_like(loc) if eps is None else eps)
         out = self.decoder(z)
         if self.likelihood == "bernoulli":
             nll = binary_cross_entropy_with_logits(out, x, reduction="sum")
@@ -69,8 +73,11 @@ def load_into_pyro_vae(ref: TorchVAE, vae) -> None:
 
 def torch_epoch(model: TorchVAE, optimizer: torch.optim.Optimizer, x: torch.Tensor, batch_size: int,
                 order: torch.Generator) -> int:
-    """One epoch of the plain PyTorch loop (seeded permutation, no host sync per step); returns examples seen."""
-    total = torch.zeros(())
+    """One epoch of the plain PyTorch loop (seeded permutation, no host sync per step); returns examples seen.
+
+    ``model`` and ``x`` live on the same device; the permutation is drawn on the CPU (``order``).
+    """
+    total = torch.zeros((), device=x.device)
     for idx in torch.randperm(len(x), generator=order).split(batch_size):
         optimizer.zero_grad(set_to_none=True)
         loss = model.loss(x[idx])

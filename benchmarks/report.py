@@ -32,9 +32,13 @@ def markdown(result: Dict) -> str:
     m = result["machine"]
     lines = [f"Machine: {m['cpu']}, {m['cores']} cores ({m['torch_threads']} torch threads, 1-min load "
              f"{m['load_average_1min']:.1f}), torch {m['torch']}, pyro {m['pyro']}, Python {m['python']}; "
-             f"{'quick' if result['quick'] else 'full'} run, {result['date']}.", "",
+             f"{'quick' if result['quick'] else 'full'} run on {result.get('device', 'cpu')}, {result['date']}.", "",
              "Training throughput, examples/s as a multiple of the hand-written eager PyTorch VAE "
              "(median of per-round ratios over rounds interleaved in one process):", ""]
+    peer = result.get("numpyro")
+    if peer is not None:  # one note line: which NumPyro ran and with how many threads, or why it did not
+        lines[2:2] = [f"NumPyro peer: {peer['note']}" + (f"; JAX threads: {peer['threads']}." if peer["available"]
+                                                            else "."), ""]
     names = list(result["training"][0]["ratio_to_torch_eager"]) if result["training"] else []
     others = [n for n in names if n != "torch_eager"]
     lines.append("| shape, likelihood, batch | torch_eager ex/s | " + " | ".join(others) + " |")
@@ -43,6 +47,24 @@ def markdown(result: Dict) -> str:
         cells = [f"{row['ratio_to_torch_eager'][n]:.2f}x" for n in others]
         lines.append(f"| {row['case']}, {row['likelihood']}, B={row['batch_size']} | "
                      f"{row['examples_per_second']['torch_eager']:.0f} | " + " | ".join(cells) + " |")
+    compiled = [n for n in names if n.startswith("numpyro") or "compile" in n]
+    if compiled and all("first_epoch_seconds" in r for r in result["training"]):
+        lines += ["", "Compilation, paid once in the warm-up epoch: its seconds against a steady epoch's "
+                      "(n_train / median examples/s):", ""]
+        lines.append("| shape, likelihood, batch | " + " | ".join(compiled) + " |")
+        lines.append("|---" * (1 + len(compiled)) + "|")
+        for row in result["training"]:
+            steady = {n: row["n_train"] / row["examples_per_second"][n] for n in compiled}
+            cells = [f"{row['first_epoch_seconds'][n]:.2f} s vs {steady[n]:.3f} s" for n in compiled]
+            lines.append(f"| {row['case']}, {row['likelihood']}, B={row['batch_size']} | " + " | ".join(cells) + " |")
+    if result["training"] and "peak_memory_mb" in result["training"][0]:
+        torch_names = [n for n in names if not n.startswith("numpyro")]  # JAX has its own allocator
+        lines += ["", "Peak CUDA memory per epoch, MB (`torch.cuda.max_memory_allocated`, torch's contenders):", ""]
+        lines.append("| shape, likelihood, batch | " + " | ".join(torch_names) + " |")
+        lines.append("|---" * (1 + len(torch_names)) + "|")
+        for row in result["training"]:
+            lines.append(f"| {row['case']}, {row['likelihood']}, B={row['batch_size']} | "
+                         + " | ".join(f"{row['peak_memory_mb'][n]:.0f}" for n in torch_names) + " |")
     mnist = [r for r in result["training"] if r["case"].startswith("MNIST")]
     if mnist:
         lines += ["", "Matmul GFLOP/s at the MNIST shape (6 x weight-matrix multiply-adds per example x examples/s):", ""]
@@ -54,7 +76,11 @@ def markdown(result: Dict) -> str:
     iw = result.get("iwae")
     if iw is not None:
         lines += ["", "IWAE evaluation (`pyro_vae.evaluate.iwae`):", ""]
-        if not iw.get("available"):
+        from . import iwae  # its table is its own (benchmarks/iwae.py::markdown) where that exists
+
+        if hasattr(iwae, "markdown"):
+            lines.append(iwae.markdown(iw).rstrip("\n"))
+        elif not iw.get("available"):
             lines.append(iw["note"])
         else:
             lines.append(f"| K ({iw['shape']}, {iw['rows'][0]['points']} points) | matmul-bound ex/s "

@@ -1,11 +1,15 @@
-"""The benchmark suite: its PyTorch reference computes pyro_vae's ELBO, and ``python -m benchmarks --quick`` runs."""
+"""The benchmark suite: its PyTorch reference computes pyro_vae's ELBO, the NumPyro peer the same ELBO, and
+``python -m benchmarks --quick`` runs."""
 
+import importlib.util
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pyro
 import pytest
 import torch
@@ -16,8 +20,12 @@ from pyro_vae.objectives import build_elbo
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # benchmarks/ is a top-level package of the repository, not of the wheel
 
+from benchmarks import report, training  # noqa: E402
 from benchmarks.reference import TorchVAE, load_into_pyro_vae  # noqa: E402
 from benchmarks.training import Case  # noqa: E402
+
+HAS_NUMPYRO = importlib.util.find_spec("numpyro") is not None
+NUMPYRO_COLUMNS = {"numpyro[jit]", "numpyro[scan]"} if HAS_NUMPYRO else set()
 
 
 @pytest.mark.parametrize("likelihood", ["normal", "bernoulli"])
@@ -54,7 +62,8 @@ def test_quick_benchmark_runs_and_writes_results(tmp_path):
     assert len(result["training"]) == 2
     for row in result["training"]:
         rates = row["examples_per_second"]
-        assert set(rates) == {"torch_eager", "pyro_svi", "pyro_vae[pyro]", "pyro_vae[fused]"}
+        assert set(rates) == {"torch_eager", "pyro_svi", "pyro_vae[pyro]", "pyro_vae[fused]"} | NUMPYRO_COLUMNS
+        assert set(row["first_epoch_seconds"]) == set(rates) and row["device"] == "cpu"
         assert all(r > 0 and math.isfinite(r) for r in rates.values())
         for name, rate in rates.items():  # one round: the ratio is the ratio of that round's rates
             assert row["ratio_to_torch_eager"][name] == pytest.approx(rate / rates["torch_eager"])
@@ -63,6 +72,112 @@ def test_quick_benchmark_runs_and_writes_results(tmp_path):
         assert row["K"] == 100 and row["time_ratio_to_bound"] > 0 and row["peak_memory_mb"] >= 0
     table = (tmp_path / "quick.md").read_text()
     assert "| digits 64-64-2, normal, B=128 |" in table and result["machine"]["cpu"] in table
+    assert result["numpyro"]["available"] == HAS_NUMPYRO
+    assert table.count("NumPyro peer: ") == 1
+    for name in NUMPYRO_COLUMNS:  # in the ratio, compilation and GFLOP/s tables
+        assert table.count(f" {name} |") == 3
+
+
+def _result(names, status, device="cpu"):
+    """A results dict of two rows with examples/s 10 x (rank + 1) per contender, as ``run_case`` writes."""
+    rate = {n: 10.0 * (i + 1) for i, n in enumerate(names)}
+    row = {"case": "digits 64-64-2", "likelihood": "normal", "batch_size": 128, "n_train": 100, "rounds": 1,
+           "device": device, "examples_per_second": rate, "ratio_to_torch_eager": {n: r / 10 for n, r in rate.items()},
+           "first_epoch_seconds": {n: 5.0 for n in names}, "matmul_gflops": {n: 1.0 for n in names}}
+    if device == "cuda":
+        row["peak_memory_mb"] = {n: 3.0 for n in names if not n.startswith("numpyro")}
+    return {"quick": True, "date": "now", "device": device, "numpyro": dict(status, threads="1"),
+            "machine": {"cpu": "c", "cores": 2, "torch_threads": 1, "load_average_1min": 0.0, "torch": "t",
+                        "pyro": "p", "python": "3"}, "training": [row, row]}
+
+
+def test_without_numpyro_the_report_says_so_once(monkeypatch):
+    monkeypatch.setitem(sys.modules, "numpyro", None)  # `import numpyro` raises ImportError
+    status = training.peer_status("cpu")
+    assert not status["available"] and "numpyro not installed" in status["note"]
+    table = report.markdown(_result(["torch_eager", "pyro_svi"], status))
+    assert table.count("numpyro not installed") == 1 and "| numpyro[" not in table and "Compilation" not in table
+
+
+def test_report_tables_for_the_numpyro_columns_and_cuda_memory():
+    status = {"available": True, "note": "numpyro 0 on jax 0 (cuda:0)"}
+    table = report.markdown(_result(["torch_eager", "pyro_vae[fused]", "numpyro[jit]", "numpyro[scan]"], status,
+                                    device="cuda"))
+    assert "| digits 64-64-2, normal, B=128 | 10 | 2.00x | 3.00x | 4.00x |" in table
+    # compilation: the warm-up epoch (5 s) against a steady one (100 points / 30 or 40 per s)
+    assert "| digits 64-64-2, normal, B=128 | 5.00 s vs 3.333 s | 5.00 s vs 2.500 s |" in table
+    memory = table.split("Peak CUDA memory")[1].splitlines()
+    assert memory[2] == "| shape, likelihood, batch | torch_eager | pyro_vae[fused] |"
+    assert "quick run on cuda" in table and "JAX threads: 1." in table
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available: --device cuda is not an error here")
+def test_device_cuda_without_cuda_is_one_error_line(capsys):
+    from benchmarks.__main__ import main
+
+    assert main(["--quick", "--device", "cuda", "--no-iwae"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("python -m benchmarks: error: --device cuda: train.device: 'cuda'")
+
+
+def _tiny_data(likelihood, n=100, x_dim=12, seed=0):
+    x = torch.rand(n, x_dim, generator=torch.Generator().manual_seed(seed))
+    return torch.bernoulli(x) if likelihood == "bernoulli" else x
+
+
+@pytest.mark.parametrize("likelihood", ["normal", "bernoulli"])
+def test_numpyro_elbo_is_the_references_closed_form(likelihood):
+    """At the reference's weights and the z NumPyro drew, NumPyro's SVI loss is ``TorchVAE.loss`` (in float64).
+
+    float32 rounds each operation by u = 2^-24 ~ 6e-8 relative; the loss sums ~135 terms (9 points x
+    (12 likelihood + 3 KL terms)), whose rounding errors add up to ~u sqrt(135) ~ 7e-7 relative, hence
+    rel 2e-6. A Monte Carlo KL instead of the closed form (``TraceMeanField_ELBO`` falls back to one
+    silently) moves it by 5e-5 (normal) to 7e-3 (bernoulli) relative, a missing 1/B by a factor 9.
+    """
+    pytest.importorskip("numpyro")
+    import jax
+    from numpyro import handlers
+    from numpyro.infer import TraceMeanField_ELBO
+
+    from benchmarks import numpyro_peer
+
+    x_dim, hidden, latent = 12, [7, 5], 3
+    torch.manual_seed(0)
+    ref = TorchVAE(x_dim, hidden, latent, likelihood)
+    params = numpyro_peer.params_from_torch(ref)
+    model, guide = numpyro_peer.model_and_guide(x_dim, hidden, latent, likelihood, params)
+    seen = {}
+
+    def recorded_guide(x):  # keeps the guide's own trace: the z it drew, and its loc and scale
+        with handlers.trace() as tr:
+            guide(x)
+        seen.update(tr)
+
+    x = _tiny_data(likelihood, n=9, x_dim=x_dim)
+    got = TraceMeanField_ELBO().loss(jax.random.PRNGKey(3), params, model, recorded_guide, x.numpy())
+    q = seen["z"]["fn"].base_dist
+    z, loc, scale = (torch.from_numpy(np.asarray(a, dtype=np.float64)) for a in (seen["z"]["value"], q.loc, q.scale))
+    want = ref.double().loss(x.double(), eps=(z - loc) / scale)
+    assert float(got) == pytest.approx(want.item(), rel=2e-6)
+
+
+def test_numpyro_peer_trains_and_scan_repeats_the_jitted_loop():
+    """Both loops from the same seeds take the same steps (scan = the loop, short last batch included),
+    and training lowers the loss per point well beyond its Monte Carlo scatter."""
+    pytest.importorskip("numpyro")
+    from benchmarks import numpyro_peer
+
+    x = _tiny_data("normal").numpy()  # 100 points at B=32: three full batches and one of 4
+    losses = {}
+    for name, make in numpyro_peer.VARIANTS.items():
+        epoch = make(x, 7, 3, "normal", 32, 1e-2, seed=0)
+        losses[name] = []
+        for _ in range(4):
+            assert epoch() == len(x)
+            losses[name].append(epoch.mean_loss)
+    np.testing.assert_allclose(losses["numpyro[scan]"], losses["numpyro[jit]"], rtol=1e-5)
+    first, last = losses["numpyro[jit]"][0], losses["numpyro[jit]"][-1]
+    assert all(math.isfinite(v) for v in losses["numpyro[jit]"]) and last < 0.5 * first
 
 
 @pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz").is_file(),
@@ -79,3 +194,42 @@ def test_fashion_mnist_benchmark_smoke(tmp_path):
     for r in rows.values():
         # 784 binary pixels: below 0 nats, and far above the -543 nats of a coin flip per pixel
         assert -543 < r["test_log_likelihood"] < 0
+
+
+_BUSY_THREADS = """
+import glob, sys
+sys.path.insert(0, {root!r})
+from benchmarks import training
+training.configure_jax({threads})
+import jax, jax.numpy as jnp
+
+def ticks():
+    out = {{}}
+    for t in glob.glob("/proc/self/task/*/stat"):
+        f = open(t).read().rsplit(")", 1)[1].split()
+        out[t] = int(f[11]) + int(f[12])  # utime + stime, clock ticks
+    return out
+
+a = jnp.ones((1000, 1000))
+f = jax.jit(lambda a: jnp.tanh(a @ a) @ a)
+f(a).block_until_ready()
+before = ticks()
+for _ in range(10):
+    f(a).block_until_ready()
+after = ticks()
+print(sum(after[t] - before.get(t, 0) > 10 for t in after))
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir() or len(os.sched_getaffinity(0)) < 2,
+                    reason="needs Linux's per-thread CPU times and two usable cores")
+def test_configure_jax_one_thread_leaves_one_compute_thread():
+    """With ``--threads 1`` jitted XLA code runs on one thread, as torch's; by default on more than one."""
+    pytest.importorskip("jax")
+    busy = {}
+    for threads in (1, None):
+        out = subprocess.run([sys.executable, "-c", _BUSY_THREADS.format(root=str(ROOT), threads=threads)],
+                             capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr[-2000:]
+        busy[threads] = int(out.stdout.split()[-1])
+    assert busy[1] == 1 and busy[None] >= 2
