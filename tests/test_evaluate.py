@@ -11,6 +11,7 @@ from pyro.infer.importance import vectorized_importance_weights
 from pyro_vae import build_vae, validate_config
 from pyro_vae import evaluate as ev
 from pyro_vae.data import load_data
+from pyro_vae.errors import ConfigError
 from pyro_vae.objectives import build_elbo
 
 from conftest import TINY, run_cli
@@ -207,3 +208,109 @@ def test_evaluate_cli_bad_dir_is_one_line_error(tmp_path):
     res = run_cli("evaluate", tmp_path / "missing")
     assert res.returncode == 2
     assert res.stderr.startswith("pyro-vae: error:") and len(res.stderr.strip().splitlines()) == 1
+
+
+# -- the fused IWAE path against the traced one (its oracle) ----------------------------------------
+COMBOS = [  # prior, guide, likelihood: closed-form and Monte Carlo pairs, a mixture, flows, learned scales
+    ("normal", "mean_field", {"name": "bernoulli"}),
+    ("mixture", "flow", {"name": "normal", "learn_scale": "per_feature"}),
+    ("vamp", "full_rank", {"name": "laplace", "learn_scale": "global"}),
+    ("student_t", "student_t", {"name": "continuous_bernoulli"}),
+    ("flow", "low_rank", {"name": "student_t", "learn_scale": "global"}),
+]
+
+
+def small_vae(prior="normal", guide="mean_field", likelihood=None, x_dim=6):
+    """A tiny VAE of the named components with its learned likelihood scale moved off its initial value,
+    and data it accepts: binary for bernoulli, grey values in [0, 1] otherwise."""
+    likelihood = likelihood or {"name": "bernoulli"}
+    cfg = validate_config({"model": {"latent_dim": 2, "prior": prior, "likelihood": likelihood,
+                                     "decoder": {"hidden": [8]}}, "guide": {"name": guide, "hidden": [8]}})
+    vae = build_vae(cfg, x_dim)
+    with torch.no_grad():
+        for p in vae.likelihood.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    x = torch.rand(5, x_dim, generator=torch.Generator().manual_seed(4))
+    return vae.eval(), (torch.bernoulli(x) if likelihood["name"] == "bernoulli" else x)
+
+
+@pytest.fixture
+def fused_calls(monkeypatch):
+    """Counts the calls ``evaluate.iwae`` makes to the fused path."""
+    calls = []
+    real = ev.fused_iwae
+    monkeypatch.setattr(ev, "fused_iwae", lambda *a, **k: calls.append(a) or real(*a, **k))
+    return calls
+
+
+@pytest.mark.parametrize("prior,guide,likelihood", COMBOS)
+def test_fused_iwae_gives_the_traced_per_point_values(prior, guide, likelihood, monkeypatch, fused_calls):
+    """Same seed, same chunks (7, 7, 7, 7, 2 particles): the fused path (encoder once, in-place decoder,
+    closed-form likelihood) and Pyro's traced weights draw the same z and give the same IWAE per point."""
+    vae, x = small_vae(prior, guide, likelihood)
+    monkeypatch.setattr(ev, "CHUNK_ELEMENTS", 7 * 5 * 6)
+    monkeypatch.setattr(ev, "TRACED_CHUNK_ELEMENTS", 7 * 5 * 6)
+    with torch.no_grad():
+        pyro.set_rng_seed(8)
+        fused = ev.iwae(vae.model, vae.guide, x, 30)
+        state = torch.get_rng_state()
+        pyro.set_rng_seed(8)
+        traced = ev.iwae(vae.model, vae.guide, x, 30, engine="pyro")
+    assert len(fused_calls) == 1, "auto did not take the fused path for a stock VAE"
+    assert fused.shape == (5,) and torch.isfinite(fused).all()
+    torch.testing.assert_close(fused, traced, rtol=1e-5, atol=1e-4)
+    assert torch.equal(state, torch.get_rng_state()), "the paths consumed the random stream differently"
+
+
+def test_fused_iwae_in_double_precision_matches_to_rounding():
+    """In float64 the two paths agree to ~1e-12: what differs in float32 is rounding, not the estimator."""
+    vae, x = small_vae("mixture", "mean_field", {"name": "normal", "learn_scale": "per_feature"})
+    vae, x = vae.double(), x.double()
+    with torch.no_grad():
+        pyro.set_rng_seed(1)
+        fused = ev.iwae(vae.model, vae.guide, x, 20, engine="fused")
+        pyro.set_rng_seed(1)
+        traced = ev.iwae(vae.model, vae.guide, x, 20, engine="pyro")
+    assert fused.dtype == traced.dtype == torch.float64
+    torch.testing.assert_close(fused, traced, rtol=1e-10, atol=1e-9)
+
+
+def test_custom_guides_and_scaled_models_keep_the_traced_path(fused_calls):
+    """A guide that is not the VAE's own (a refined one), or beta != 1, is traced; ``fused`` refuses them."""
+    vae, x = small_vae()
+    loc = torch.zeros(5, 2)
+
+    def guide(x_):
+        with pyro.plate("data", x_.shape[0]):
+            return pyro.sample("z", dist.Normal(loc, 1.0).to_event(1))
+
+    with torch.no_grad():
+        pyro.set_rng_seed(2)
+        got = ev.iwae(vae.model, guide, x, 10)
+        pyro.set_rng_seed(2)
+        want = torch.logsumexp(ev.log_weights(vae.model, guide, x, 10), 0) - math.log(10)
+        assert torch.equal(got, want) and not fused_calls
+        with pytest.raises(ConfigError, match="iwae engine 'fused' does not cover"):
+            ev.iwae(vae.model, guide, x, 10, engine="fused")
+        vae.kl_weight = 0.5
+        assert ev.stock_vae(vae.model, vae.guide) is None
+        ev.iwae(vae.model, vae.guide, x, 10)
+        assert not fused_calls
+        vae.kl_weight = 1.0
+        assert ev.stock_vae(vae.model, vae.guide) is vae
+    with pytest.raises(ConfigError, match="iwae engine 'jax'"):
+        ev.iwae(vae.model, vae.guide, x, 10, engine="jax")
+
+
+def test_fused_iwae_advances_the_progress_bar_by_draws():
+    class Bar:
+        n = 0
+
+        def update(self, k):
+            self.n += k
+
+    vae, x = small_vae()
+    bar = Bar()
+    with torch.no_grad():
+        ev.iwae(vae.model, vae.guide, x, 23, bar=bar)
+    assert bar.n == 23 * 5

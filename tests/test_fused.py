@@ -62,16 +62,19 @@ def assert_matches_pyro(vae: VAE, x: torch.Tensor, inference: dict, beta: float 
     elbo = build_elbo(inf)
     vae.kl_weight = beta
     oracle = loss_and_grads(vae, lambda: elbo.differentiable_loss(vae.model, vae.guide, x), seed)
-    fused = loss_and_grads(vae, lambda: fused_elbo_loss(vae, x, inf.num_particles, inf.kl, beta), seed)
-    torch.testing.assert_close(fused[0], oracle[0], rtol=1e-5, atol=1e-4)
-    # a parameter Pyro leaves without gradient (unused) must get none or a zero one here
-    for name in set(oracle[1]) | set(fused[1]):
-        want = oracle[1].get(name, torch.zeros(()))
-        got = fused[1].get(name, torch.zeros(()))
-        torch.testing.assert_close(got.expand_as(want) if got.dim() == 0 else got,
-                                   want.expand_as(got) if want.dim() == 0 else want,
-                                   rtol=1e-4, atol=1e-5, msg=lambda m: f"gradient of {name}: {m}")
-    assert torch.equal(fused[2], oracle[2]), "the fused ELBO consumed the random stream differently"
+    # validation on: the likelihood's distribution; off (the training default): its closed form
+    for validate in (True, False):
+        with pyro.validation_enabled(validate):
+            fused = loss_and_grads(vae, lambda: fused_elbo_loss(vae, x, inf.num_particles, inf.kl, beta), seed)
+        torch.testing.assert_close(fused[0], oracle[0], rtol=1e-5, atol=1e-4)
+        # a parameter Pyro leaves without gradient (unused) must get none or a zero one here
+        for name in set(oracle[1]) | set(fused[1]):
+            want = oracle[1].get(name, torch.zeros(()))
+            got = fused[1].get(name, torch.zeros(()))
+            torch.testing.assert_close(got.expand_as(want) if got.dim() == 0 else got,
+                                       want.expand_as(got) if want.dim() == 0 else want,
+                                       rtol=1e-4, atol=1e-5, msg=lambda m: f"gradient of {name}: {m}")
+        assert torch.equal(fused[2], oracle[2]), "the fused ELBO consumed the random stream differently"
 
 
 PAIRS = list(itertools.product(PRIORS.names(), GUIDES.names()))
@@ -216,3 +219,110 @@ def test_fused_log_weights_match_evaluate(prior, guide):
         pyro.set_rng_seed(2)
         bound = fused_iwae(vae, x, 7, chunk=7)
     torch.testing.assert_close(bound, torch.logsumexp(want, 0) - math.log(7), rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("name,learn_scale", [("normal", "none"), ("normal", "global"), ("normal", "per_feature"),
+                                              ("laplace", "none"), ("laplace", "per_feature"), ("student_t", "global"),
+                                              ("bernoulli", None), ("continuous_bernoulli", None)])
+def test_likelihood_closed_form_matches_its_distribution(name, learn_scale):
+    """``Likelihood.log_prob(params, x)`` (the fused hot path, no distribution built) against
+    ``likelihood(params).log_prob(x)``: values and gradients, with and without a particle dimension."""
+    spec = {"name": name} if learn_scale is None else {"name": name, "learn_scale": learn_scale, "scale": 0.3}
+    lik = LIKELIHOODS.build(spec, X_DIM)
+    if learn_scale == "per_feature":  # distinct sigmas, so a feature/scale mix-up cannot cancel out
+        with torch.no_grad():
+            lik.log_scale.copy_(torch.linspace(-1.5, 0.5, X_DIM))
+    x = data(name)
+    g = torch.Generator().manual_seed(4)
+    for shape in ((BATCH,), (3, BATCH)):  # (batch,) and (K, batch) of decoder outputs
+        params = torch.randn(*shape, X_DIM * lik.params_per_feature, generator=g).requires_grad_()
+        results = []
+        for compute in (lambda: lik(params).log_prob(x), lambda: lik.log_prob(params, x)):
+            lik.zero_grad(set_to_none=True)
+            params.grad = None
+            value = compute()
+            (value * torch.linspace(0.5, 1.5, value.numel()).reshape(value.shape)).sum().backward()
+            results.append((value.detach(), params.grad.clone(), [p.grad.clone() for p in lik.parameters()]))
+        (want, want_g, want_pg), (got, got_g, got_pg) = results
+        assert got.shape == want.shape == shape
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-4)
+        torch.testing.assert_close(got_g, want_g, rtol=1e-4, atol=1e-5)
+        for a, b in zip(got_pg, want_pg):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_analytic_kl_with_unexpanded_prior_is_the_plate_broadcast():
+    """p(z) with batch shape () against q with batch (K, B): the same per-point KL sum as the data plate's
+    ``p.expand(q.batch_shape)``; a pair without a closed form gives None (the Monte Carlo fallback)."""
+    from pyro.distributions.kl import kl_divergence
+
+    from pyro_vae.fused import analytic_kl
+
+    torch.manual_seed(1)
+    for prior in ("normal", "laplace", "learned_normal"):
+        p = PRIORS.build({"name": prior}, 3)()
+        q = pyro.distributions.Normal(torch.randn(2, 4, 3), torch.rand(2, 4, 3) + 0.1).to_event(1)
+        torch.testing.assert_close(analytic_kl(q, p), kl_divergence(q, p.expand(q.batch_shape)).sum())
+    assert analytic_kl(q, PRIORS.build({"name": "mixture"}, 3)()) is None
+
+
+@pytest.mark.parametrize("name", ["normal", "laplace", "student_t"])
+def test_fixed_prior_cache_follows_buffers_and_validation(name):
+    """A prior without parameters returns one cached p(z) per step, and a new one as soon as a cached one could
+    be stale: a buffer changed in place (load_state_dict) or replaced (.double()), or validation switched."""
+    prior = PRIORS.build({"name": name}, 3)
+    first = prior()
+    assert prior() is first
+    state = {k: v + 0.5 for k, v in prior.state_dict().items()}
+    prior.load_state_dict(state)
+    moved = prior()
+    assert moved is not first and torch.equal(moved.mean, prior.distribution().mean)
+    assert torch.equal(moved.base_dist.loc, state["loc"])
+    with pyro.validation_enabled(False):
+        unchecked = prior()
+        assert unchecked is not moved and not unchecked._validate_args and prior() is unchecked
+    assert prior()._validate_args
+    prior.double()
+    assert prior().base_dist.loc.dtype == torch.float64
+    with torch.inference_mode():
+        assert prior() is not prior.distribution() and prior().base_dist.loc.dtype == torch.float64
+
+
+def test_learned_prior_is_rebuilt_after_every_optimizer_step():
+    """Learned priors build p(z) on every call: a gradient must reach this step's parameters, and a stale
+    p(z) after an Adam step would train against the old prior."""
+    vae = build("learned_normal", "mean_field", "normal")
+    x = data("normal")
+    opt = torch.optim.Adam(vae.parameters(), lr=0.1)
+    before = vae.prior()
+    scale_before = before.base_dist.scale.detach().clone()
+    with pyro.validation_enabled(False):
+        fused_elbo_loss(vae, x).backward()
+    assert vae.prior.raw_scale.grad is not None and vae.prior.raw_scale.grad.abs().sum() > 0
+    opt.step()
+    after = vae.prior()
+    assert after is not before and after.base_dist.scale.grad_fn is not None
+    assert not torch.equal(after.base_dist.scale, scale_before)
+    torch.testing.assert_close(after.base_dist.scale, torch.nn.functional.softplus(vae.prior.raw_scale) + 1e-4)
+
+
+@pytest.mark.parametrize("num_particles", [1, 3])
+@pytest.mark.parametrize("shared_trunk", [True, False])
+def test_closed_form_pair_is_the_generic_path_bit_for_bit(monkeypatch, num_particles, shared_trunk):
+    """The mean_field x normal closed form (no q or p built) against the generic path through the
+    distributions with the pair unregistered: identical loss, gradients and random stream."""
+    from pyro_vae import fused
+
+    assert (GUIDES.get("mean_field").cls, PRIORS.get("normal").cls) in fused.CLOSED_FORMS
+    vae = build("normal", "mean_field", "normal", latent_dim=3)
+    if not shared_trunk:
+        vae.encoder = GUIDES.build({"name": "mean_field", "shared_trunk": False, "hidden": [8]}, X_DIM, 3)
+    x = data("normal")
+    with pyro.validation_enabled(False):
+        closed = loss_and_grads(vae, lambda: fused_elbo_loss(vae, x, num_particles, "analytic", 0.7), seed=9)
+        monkeypatch.delitem(fused.CLOSED_FORMS, (GUIDES.get("mean_field").cls, PRIORS.get("normal").cls))
+        generic = loss_and_grads(vae, lambda: fused_elbo_loss(vae, x, num_particles, "analytic", 0.7), seed=9)
+    assert torch.equal(closed[0], generic[0])
+    assert closed[1].keys() == generic[1].keys()
+    assert all(torch.equal(closed[1][n], generic[1][n]) for n in generic[1])
+    assert torch.equal(closed[2], generic[2])

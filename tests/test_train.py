@@ -1,0 +1,76 @@
+"""The Trainer's step: the gradient guard, and a step that equals the plain PyTorch step on the same loss."""
+
+import pytest
+import torch
+
+from pyro_vae import validate_config
+from pyro_vae.fused import fused_elbo_loss
+from pyro_vae.train import Trainer, grads_finite, prepare
+
+TINY = {"data": {"name": "synthetic", "x_dim": 6, "n": 96}, "model": {"decoder": {"hidden": [8]}},
+        "guide": {"hidden": [8]}, "train": {"epochs": 1, "batch_size": 32, "engine": "fused"}}
+
+
+def grads_of(*values):
+    out = []
+    for v in values:
+        p = torch.nn.Parameter(torch.zeros(4))
+        p.grad = torch.tensor([0.0, -1.5, 3e38, v])
+        out.append(p)
+    return out
+
+
+def test_grads_finite_leaves_gradients_bitwise_unchanged():
+    """The check runs AMP's unscale kernel with a factor of 1: the gradients Adam then reads must be untouched
+    (subnormals and -0.0 included)."""
+    params = grads_of(1e-40, -0.0, 2.5)
+    before = [p.grad.clone() for p in params]
+    assert grads_finite(params)
+    for p, b in zip(params, before):
+        assert torch.equal(p.grad, b) and torch.equal(p.grad.signbit(), b.signbit())
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_grads_finite_finds_one_bad_element_in_any_tensor(bad):
+    for where in range(3):
+        values = [1.0, 1.0, 1.0]
+        values[where] = bad
+        assert not grads_finite(grads_of(*values))
+
+
+def test_grads_finite_without_the_fused_kernel_falls_back_elementwise(monkeypatch):
+    def missing(*args):
+        raise NotImplementedError("no kernel for this device")
+
+    monkeypatch.setattr(torch, "_amp_foreach_non_finite_check_and_unscale_", missing)
+    assert grads_finite(grads_of(1.0, 2.0)) and grads_finite([])
+    assert not grads_finite(grads_of(1.0, float("nan")))
+
+
+@pytest.mark.parametrize("validate_args", [False, True])
+def test_train_step_is_the_plain_adam_step_on_the_fused_loss(validate_args):
+    """Three Trainer steps against three hand-written steps (zero_grad, loss / B, backward, Adam) on a copy of
+    the same VAE from the same seed: identical parameters, so the step's shortcuts (gradients dropped
+    without zero_grad, the one-pass finiteness check) change nothing."""
+    import copy
+
+    import pyro
+
+    cfg = validate_config({**TINY, "train": {**TINY["train"], "validate_args": validate_args}})
+    data, vae = prepare(cfg)
+    twin = copy.deepcopy(vae)
+    trainer = Trainer(cfg, data, vae, progress=False)
+    opt = torch.optim.Adam(twin.parameters(), lr=cfg.optim.lr)
+    xb = data.train[:32]
+    with pyro.validation_enabled(validate_args):
+        for step in range(3):
+            torch.manual_seed(step)
+            loss = trainer.train_step(xb)
+            torch.manual_seed(step)
+            opt.zero_grad(set_to_none=True)
+            want = fused_elbo_loss(twin, xb) / len(xb)
+            want.backward()
+            opt.step()
+            torch.testing.assert_close(loss, want.detach(), rtol=1e-6, atol=1e-6)
+    for (name, a), b in zip(vae.named_parameters(), twin.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7, msg=lambda m: f"{name}: {m}")
