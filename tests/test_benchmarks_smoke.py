@@ -194,6 +194,10 @@ def test_fashion_mnist_benchmark_smoke(tmp_path):
     for r in rows.values():
         # 784 binary pixels: below 0 nats, and far above the -543 nats of a coin flip per pixel
         assert -543 < r["test_log_likelihood"] < 0
+    ref = rows.pop("VAE (hand-written PyTorch)")
+    for r in rows.values():  # the mean of per-image differences is the difference of the means
+        assert r["difference"] == pytest.approx(r["test_log_likelihood"] - ref["test_log_likelihood"], abs=1e-3)
+        assert r["difference_se"] > 0
 
 
 _BUSY_THREADS = """
