@@ -270,9 +270,11 @@ class Trainer:
         return inf.beta * min(1.0, (self.step + 1) / (inf.kl_warmup_epochs * self.steps_per_epoch))
 
     def epoch_data(self, binarizer: Optional[torch.Generator]) -> torch.Tensor:
-        """The training split, freshly binarized from ``binarizer`` under dynamic binarization."""
+        """The training split, freshly binarized from ``binarizer`` under dynamic binarization, on the
+        training device (binarized on the CPU, so a run draws the same pixels on any device; then one
+        copy an epoch instead of one a batch)."""
         x = self.data.train
-        return binarize_batch(x, binarizer) if binarizer is not None else x
+        return (binarize_batch(x, binarizer) if binarizer is not None else x).to(self.device)
 
     def begin_epoch(self) -> None:
         """Draw the epoch's binarization and order, remembering what a mid-epoch resume needs to redraw them."""
@@ -352,7 +354,7 @@ class Trainer:
         self.vae.train()
         for batch in batches[cur["batch"]:]:
             idx = self.ctx.shard(batch)
-            xb = self._x[idx].to(self.device)
+            xb = self._x[idx]
             loss = self.train_step(xb, idx, len(batch)) if self.ctx.distributed else self.train_step(xb, idx)
             cur["batch"] += 1
             if loss is None:
