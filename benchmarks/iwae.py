@@ -232,11 +232,15 @@ def markdown(result: Dict) -> str:
         for variant, _ in COLUMNS:
             rate, ratio, peak = (r.get(_key(variant, w)) for w in ("examples_per_second", "ratio", "peak"))
             cells += ["-" if rate is None else f"{rate:.1f}", "-" if ratio is None else f"{ratio:.2f}x",
-                      "-" if peak is None else f"{peak:.0f}"]
+                      "-" if peak is None else f"{peak:.1f}" if peak < 10 else f"{peak:.0f}"]
         lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "Peak MB: how far the resident set grows during one call, in a fresh process, above where it stood "
+              "after a one-chunk warm-up; heap the process already holds is reused without growing it (after "
+              "compiling, iwae(compile=True) may hold more than its chunks need and show 0)."]
     if "compile_seconds" in rows[0]:
         lines += ["", "Compile time of iwae(compile=True), paid once per batch size and kept out of its timings: "
-                  + ", ".join(f"K={r['K']}: {r['compile_seconds']:.1f} s" for r in rows) + "."]
+                  + ", ".join(f"K={r['K']}: {r['compile_seconds']:.1f} s" for r in rows)
+                  + " (near 0 when torch's on-disk inductor cache already holds the graph)."]
     return "\n".join(lines) + "\n"
 
 
