@@ -124,16 +124,49 @@ def analytic_kl(q: Distribution, p: Distribution) -> Optional[torch.Tensor]:
         return None
 
 
-def unsupported_reason(vae: VAE, inference, probe: Optional[torch.Tensor] = None) -> Optional[str]:
-    """Why the fused ELBO cannot stand in for Pyro's here (``None``: it can).
+def fused_renyi_loss(vae: VAE, x: torch.Tensor, num_particles: int = 1, alpha: float = 0.0,
+                     kl_weight: float | torch.Tensor = 1.0) -> torch.Tensor:
+    r"""Minus the Renyi bound of ``x`` ``(batch, x_dim)``, summed over the batch, as
+    :class:`pyro_vae.objectives.RenyiBound` computes it (``alpha = 0``: the IWAE bound of Burda et al.).
 
-    It covers ``objective: elbo`` with ``estimator: reparam`` (older configs without those
-    fields are that) on the stock :class:`VAE` model and guide, with a guide that can ``rsample``.
+    With ``K = num_particles`` reparameterized draws ``z_k ~ q(z|x_b)`` and beta = ``kl_weight``
+    (``poutine.scale`` on ``z`` in model and guide scales both of its log-densities),
+
+    .. math::
+
+        \log w_{kb} = \log p(x_b | z_{kb}) + eta\,[\log p(z_{kb}) - \log q(z_{kb}|x_b)], \qquad
+        \mathcal{L}_lpha = \sum_b rac{1}{1-lpha} \log rac{1}{K} \sum_k w_{kb}^{1-lpha}.
+
+    The same draws as Pyro's vectorized particle plate for the same seed (``q.rsample((K,))``).
+    """
+    q = vae.encoder(x)
+    z = q.rsample((num_particles,)) if num_particles > 1 else q.rsample()  # (K, B, latent_dim) or (B, latent_dim)
+    log_w = _log_likelihood(vae, vae.decoder(z), x) + kl_weight * (vae.prior().log_prob(z) - q.log_prob(z))
+    log_w = log_w.reshape(num_particles, -1)  # (K, B)
+    bound = (torch.logsumexp((1.0 - alpha) * log_w, dim=0) - math.log(num_particles)) / (1.0 - alpha)
+    return -bound.sum()
+
+
+# objective -> (the fused loss, its argument after num_particles read from the inference config)
+LOSSES: Dict[str, Tuple[Callable, Callable]] = {
+    "elbo": (fused_elbo_loss, lambda inference: getattr(inference, "kl", ANALYTIC)),
+    "iwae": (fused_renyi_loss, lambda inference: 0.0),
+    "renyi": (fused_renyi_loss, lambda inference: inference.alpha),
+}
+
+
+def unsupported_reason(vae: VAE, inference, probe: Optional[torch.Tensor] = None) -> Optional[str]:
+    """Why the fused loss cannot stand in for Pyro's here (``None``: it can).
+
+    It covers the objectives in :data:`LOSSES` with ``estimator: reparam`` (older configs without
+    those fields are ``elbo`` with ``reparam``) on the stock :class:`VAE` model and guide, with a
+    guide that can ``rsample``.
     """
     objective = getattr(inference, "objective", "elbo")
     estimator = getattr(inference, "estimator", "reparam")
-    if objective != "elbo" or estimator != "reparam":
-        return f"inference.objective={objective}, inference.estimator={estimator} (fused covers elbo with reparam)"
+    if objective not in LOSSES or estimator != "reparam":
+        return (f"inference.objective={objective}, inference.estimator={estimator} "
+                f"(fused covers {', '.join(LOSSES)} with reparam)")
     if type(vae).model is not VAE.model or type(vae).guide is not VAE.guide:
         return f"{type(vae).__name__} overrides model/guide"
     if probe is not None:
@@ -144,7 +177,8 @@ def unsupported_reason(vae: VAE, inference, probe: Optional[torch.Tensor] = None
 
 
 class FusedELBO:
-    """``loss(vae, x, kl_weight)``: the fused ELBO for one inference config, optionally ``torch.compile``-d.
+    """``loss(vae, x, kl_weight)``: the fused loss of one inference config's objective (:data:`LOSSES`),
+    optionally ``torch.compile``-d.
 
     Compiling keeps eager semantics for random numbers (inductor's ``fallback_random``), so a
     compiled step draws the same ``z`` as an eager one; AOTAutograd compiles the backward too.
@@ -154,21 +188,23 @@ class FusedELBO:
 
     def __init__(self, inference, compile: bool = False):
         self.num_particles = inference.num_particles
-        self.kl = getattr(inference, "kl", ANALYTIC)
+        loss, option = LOSSES[getattr(inference, "objective", "elbo")]
+        self.option = option(inference)  # the ELBO's kl, or the Renyi bound's alpha
         self.compiled = compile
         self._calls = 0
-        self._fn: Callable = fused_elbo_loss
+        self._eager: Callable = loss
+        self._fn: Callable = loss
         if compile:
             with _quiet():
-                self._fn = torch.compile(fused_elbo_loss, dynamic=False, options={"fallback_random": True})
+                self._fn = torch.compile(loss, dynamic=False, options={"fallback_random": True})
 
     def __call__(self, vae: VAE, x: torch.Tensor, kl_weight: float = 1.0) -> torch.Tensor:
         self._calls += 1
         if not self.compiled or self._calls == 1:
-            return fused_elbo_loss(vae, x, self.num_particles, self.kl, kl_weight)
+            return self._eager(vae, x, self.num_particles, self.option, kl_weight)
         # beta as a tensor: a new float each warm-up step would recompile the graph
         with _quiet():
-            return self._fn(vae, x, self.num_particles, self.kl, torch.tensor(float(kl_weight)))
+            return self._fn(vae, x, self.num_particles, self.option, torch.tensor(float(kl_weight)))
 
 
 @contextmanager
