@@ -6,6 +6,7 @@ arguments are its config keys (``model.prior.<key>``).
 
 from __future__ import annotations
 
+from abc import ABCMeta, abstractmethod
 from typing import List, Literal
 
 import pyro.distributions as dist
@@ -36,7 +37,7 @@ class Prior(nn.Module):
         pass
 
 
-class FixedPrior(Prior):
+class FixedPrior(Prior, metaclass=ABCMeta):
     """Base class for a prior without learnable parameters: ``distribution()`` builds p(z) from buffers.
 
     ``forward`` returns the same distribution object until one built now could differ: a buffer
@@ -49,8 +50,9 @@ class FixedPrior(Prior):
         super().__init__(latent_dim)
         self._cached: tuple = ((), (), None)  # (key, buffers, distribution)
 
+    @abstractmethod
     def distribution(self) -> dist.Distribution:
-        raise NotImplementedError
+        """p(z), built from the buffers: event shape ``(latent_dim,)``, batch shape ``()``."""
 
     def forward(self) -> dist.Distribution:
         if torch.compiler.is_compiling():  # a compiled graph builds its own (and traces no cache)
