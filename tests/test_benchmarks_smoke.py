@@ -230,10 +230,19 @@ print(sum(after[t] - before.get(t, 0) > 10 for t in after))
 def test_configure_jax_one_thread_leaves_one_compute_thread():
     """With ``--threads 1`` jitted XLA code runs on one thread, as torch's; by default on more than one."""
     pytest.importorskip("jax")
-    busy = {}
-    for threads in (1, None):
+    def busy(threads) -> int:
         out = subprocess.run([sys.executable, "-c", _BUSY_THREADS.format(root=str(ROOT), threads=threads)],
                              capture_output=True, text=True, timeout=300)
         assert out.returncode == 0, out.stderr[-2000:]
-        busy[threads] = int(out.stdout.split()[-1])
-    assert busy[1] == 1 and busy[None] >= 2
+        return int(out.stdout.split()[-1])
+
+    # the control: by default more than one thread gets busy; on a loaded machine a run may not show it,
+    # so it gets three tries, and the one-thread case must hold in as many runs
+    runs = 0
+    while runs < 3:
+        runs += 1
+        if busy(None) >= 2:
+            break
+    else:
+        pytest.fail("no run showed XLA's default pool using two threads: the measurement cannot tell them apart")
+    assert [busy(1) for _ in range(runs)] == [1] * runs
