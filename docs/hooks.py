@@ -6,23 +6,68 @@ of :func:`pyro_vae.components.describe`), ``config`` (every key of :class:`pyro_
 compare`` knows) and ``examples`` (every script under ``examples/``);
 ``<!-- source: pkg.module.name -->``: the current source of that function or class, with its file
 and line numbers; ``<!-- docstring: pkg.module -->``: that object's docstring.
+
+Everything is generated from the tree this file sits in, never from an installed copy of
+``pyro_vae`` (see ``on_config``), and the reST in docstrings (``.. math::``, literal blocks,
+roles, double backquotes) is turned into Markdown both here and, through ``RestToMarkdown``, in
+the ``:::`` blocks that mkdocstrings renders.
 """
 
 from __future__ import annotations
 
 import ast
+import importlib
 import inspect
 import re
 import sys
+import textwrap
 import typing
 from pathlib import Path
 
+import griffe  # mkdocstrings' loader, which RestToMarkdown extends
+from mkdocs.plugins import event_priority
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "src"))  # build from the source tree even without `pip install -e .`
+PACKAGE_PARENT = ROOT / "src"  # the folder holding pyro_vae/ in this tree: the one line to change if it moves
 
 MARKER = re.compile(r"<!-- generated: (\w+) -->")
 SOURCE = re.compile(r"<!-- source: ([\w.]+) -->")
 DOCSTRING = re.compile(r"<!-- docstring: ([\w.]+) -->")
+
+
+def _import_from_tree() -> None:
+    """Make ``import pyro_vae`` load this tree's copy, whichever copy is installed.
+
+    mkdocs executes this file with its folder on ``sys.path`` and restores ``sys.path`` right after,
+    so a module-level insert would be undone and every generator would import the installed package
+    (another checkout: other docstrings, other source lines). A ``pyro_vae`` imported earlier in the
+    process from elsewhere is dropped from ``sys.modules`` so that the next import finds this tree's.
+    """
+    path = str(PACKAGE_PARENT)
+    if path in sys.path:
+        sys.path.remove(path)
+    sys.path.insert(0, path)
+    loaded = sys.modules.get("pyro_vae")
+    if loaded is not None and not _in_tree(loaded):
+        for name in [n for n in sys.modules if n == "pyro_vae" or n.startswith("pyro_vae.")]:
+            del sys.modules[name]
+    importlib.invalidate_caches()
+    import pyro_vae
+
+    if not _in_tree(pyro_vae):  # e.g. an import hook placed before the path finder
+        raise RuntimeError(f"docs/hooks.py: pyro_vae imports from {list(pyro_vae.__path__)}, not from {PACKAGE_PARENT}")
+
+
+def _in_tree(package) -> bool:
+    return all(Path(p).resolve().is_relative_to(PACKAGE_PARENT) for p in package.__path__)
+
+
+@event_priority(100)  # before mkdocstrings' on_config, which creates its Python handler with its search paths
+def on_config(config):
+    """Point both the generators below and mkdocstrings' ``:::`` blocks at this tree's ``pyro_vae``."""
+    _import_from_tree()
+    config.plugins["mkdocstrings"].config.handlers.setdefault("python", {})["paths"] = [str(PACKAGE_PARENT)]
+    return config
 
 
 def _field_comments(cls) -> dict:
@@ -109,8 +154,6 @@ def examples() -> str:
 
 def _resolve(dotted: str):
     """The module, class or function named ``dotted`` (modules need no ``__init__.py``)."""
-    import importlib
-
     parts = dotted.split(".")
     for i in range(len(parts), 0, -1):  # longest importable module prefix, then attributes
         try:
@@ -132,12 +175,79 @@ def source(dotted: str) -> str:
             f"```python linenums=\"{first}\"\n{''.join(lines).rstrip()}\n```\n")
 
 
+ROLE = re.compile(r":(?:func|class|meth|mod|attr|data|obj|exc|ref):`(~?)([^`]+)`")
+DIRECTIVE = re.compile(r"(\s*)\.\. math::\s*(.*)$")
+
+
+def _indented_block(lines: list[str], start: int, indent: int) -> tuple[list[str], int]:
+    """The lines from ``start`` indented deeper than ``indent`` (blank lines included), dedented, and the index after them."""
+    end = start
+    while end < len(lines) and (not lines[end].strip() or len(lines[end]) - len(lines[end].lstrip()) > indent):
+        end += 1
+    block = textwrap.dedent("\n".join(lines[start:end])).strip("\n")
+    return (block.splitlines() if block else []), end
+
+
+def _gap(out: list[str]) -> list[str]:
+    """The blank line a Markdown block needs before it, unless ``out`` already ends with one."""
+    return [""] if out and out[-1].strip() else []
+
+
+def _inline(line: str) -> str:
+    line = re.sub(r":math:`([^`]+)`", r"\\(\1\\)", line)
+    line = ROLE.sub(lambda m: f"`{m.group(2).split('.')[-1] if m.group(1) else m.group(2)}`", line)
+    return re.sub(r"``(.+?)``", r"`\1`", line)
+
+
+def rst_to_markdown(text: str) -> str:
+    r"""A docstring's reST as Markdown, for the Sphinx-style docstrings of ``pyro_vae``.
+
+    ``.. math::`` (one line, or an indented block) becomes ``$$`` display math; a paragraph ending in
+    ``::`` introduces the indented literal block after it, which becomes a fenced code block (the
+    ``::`` becomes ``:``, or goes when a space or nothing precedes it, as in reST); ``:math:`x``` becomes
+    ``\(x\)``; a cross-reference role ``:func:`x``` becomes `` `x` `` (``~`` keeps the last name);
+    double backquotes become single ones. Literal blocks are left verbatim.
+    """
+    lines, out, i = text.splitlines(), [], 0
+    while i < len(lines):
+        line = lines[i]
+        math = DIRECTIVE.match(line)
+        if math:
+            indent = math.group(1)
+            body, i = _indented_block(lines, i + 1, len(indent))
+            formula = [math.group(2).strip()] if math.group(2).strip() else []
+            out += [*_gap(out), f"{indent}$$", *(indent + f for f in formula + body), f"{indent}$$", ""]
+            continue
+        if line.rstrip().endswith("::") and not line.lstrip().startswith(".."):
+            indent = line[: len(line) - len(line.lstrip())]
+            head = line.rstrip()[:-2]
+            head = head.rstrip() if not head.strip() or head.endswith(" ") else head + ":"
+            if head.strip():
+                out.append(_inline(head))
+            body, i = _indented_block(lines, i + 1, len(indent))
+            out += [*_gap(out), f"{indent}```text", *(indent + b if b else "" for b in body), f"{indent}```", ""]
+            continue
+        out.append(_inline(line))
+        i += 1
+    return "\n".join(out)
+
+
 def docstring(dotted: str) -> str:
-    """The docstring of a module, class or function as a quoted block (RST ``.. math::`` made display math)."""
-    text = inspect.getdoc(_resolve(dotted)) or ""
-    text = re.sub(r"\.\. math::\s*(.+)", lambda m: f"\n$$\n{m.group(1).strip()}\n$$\n", text)
-    text = re.sub(r":math:`([^`]+)`", r"\\(\1\\)", text)
+    """The docstring of a module, class or function as a quoted block, its reST made Markdown."""
+    text = rst_to_markdown(inspect.getdoc(_resolve(dotted)) or "")
     return f"!!! quote \"`{dotted}`\"\n\n" + "\n".join(f"    {line}" if line else "" for line in text.splitlines()) + "\n"
+
+
+class RestToMarkdown(griffe.Extension):
+    """Griffe extension (``extensions`` of mkdocstrings' Python handler): ``rst_to_markdown`` on every docstring.
+
+    Griffe's Sphinx parser reads the ``:param:`` fields but leaves the rest of the reST as it is, and
+    Markdown would print ``.. math::``, ``::`` and the roles literally.
+    """
+
+    def on_object(self, *, obj, **kwargs) -> None:
+        if obj.docstring is not None:
+            obj.docstring.value = rst_to_markdown(obj.docstring.value)
 
 
 def methods() -> str:

@@ -63,3 +63,25 @@ def test_bad_npz(tmp_path, make, message):
     with pytest.raises(DataError, match=message) as err:
         load_data(spec(name="npz", path=str(path)), 0)
     assert "\n" not in str(err.value)
+
+
+def test_boolean_data_and_integer_valued_float_labels_are_accepted(tmp_path):
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "b.npz", x=rng.random((30, 4)) > 0.5, y=(np.arange(30) % 3).astype(float))
+    ds = load_data(spec(name="npz", path=str(tmp_path / "b.npz")), 0)
+    assert ds.train.dtype == torch.float32 and set(ds.train.unique().tolist()) <= {0.0, 1.0}
+    assert ds.labels["train"].dtype == torch.int64 and set(ds.labels["train"].tolist()) <= {0, 1, 2}
+
+
+def test_a_bad_value_is_reported_at_its_row_in_the_file_not_in_a_split(tmp_path):
+    x = np.zeros((50, 3))
+    x[41, 2] = -1e40
+    np.savez(tmp_path / "o.npz", x=x)
+    with pytest.raises(DataError, match=r"array 'x' has a value beyond float32's range .* \(-1e\+40\) at row 41, column 2$"):
+        load_data(spec(name="npz", path=str(tmp_path / "o.npz")), 0)
+
+
+def test_empty_val_and_test_splits_are_allowed(tmp_path):
+    np.savez(tmp_path / "s.npz", train=np.ones((4, 2)), val=np.ones((0, 2)), test=np.ones((0, 2)))
+    ds = load_data(spec(name="npz", path=str(tmp_path / "s.npz")), 0)
+    assert (len(ds.train), len(ds.val), len(ds.test)) == (4, 0, 0)

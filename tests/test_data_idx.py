@@ -95,3 +95,21 @@ def test_fashion_mnist_from_the_debian_package_is_50k_10k_10k():
     ds = load_data({**spec(), "name": "fashion_mnist"}, seed=0)
     assert (len(ds.train), len(ds.val), len(ds.test), ds.image_shape) == (50000, 10000, 10000, (28, 28))
     assert float(ds.train.min()) == 0.0 and float(ds.train.max()) == 1.0
+
+
+def test_idx_header_errors_print_plain_numbers(tmp_path):
+    path = tmp_path / "labels"
+    write_idx(path, np.zeros(5, np.uint8))
+    path.write_bytes(path.read_bytes() + b"\x00\x00")
+    with pytest.raises(DataError, match=r"labels: 2 bytes too long for an IDX file \(its header promises shape \(5,\): 13 bytes, found 15\)$"):
+        read_idx(path)
+    path.write_bytes(bytes([0, 0, 0x08, 3, 0, 0]))
+    with pytest.raises(DataError, match=r"truncated IDX file \(its header has 3 dimensions but ends after 6 bytes\)"):
+        read_idx(path)
+
+
+def test_mnist_labels_must_be_integers(tmp_path):
+    write_mnist(tmp_path)
+    write_idx(tmp_path / "t10k-labels-idx1-ubyte", np.array([0, 1, 2.5, 3, 4], np.float32), code=0x0D)
+    with pytest.raises(DataError, match=r"test labels: labels must be integers, but label 2 is 2\.5$"):
+        load_data(spec(path=str(tmp_path), val_size=2), seed=0)

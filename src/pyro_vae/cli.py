@@ -8,7 +8,7 @@ import os
 import sys
 from typing import List, Optional
 
-from .errors import UserError
+from .errors import UserError, file_system_error
 
 # name -> module in pyro_vae.commands defining ``add_arguments(parser)`` and ``run(args) -> int``
 COMMANDS = {
@@ -20,22 +20,33 @@ COMMANDS = {
 }
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (naming the command and where help is), exit status 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="pyro-vae", description="Variational autoencoders as Pyro programs: train, evaluate, compare.")
+    p = ArgumentParser(prog="pyro-vae", description="Variational autoencoders as Pyro programs: train, evaluate, compare.")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, module in COMMANDS.items():
         mod = importlib.import_module(f"pyro_vae.commands.{module}")
         sp = sub.add_parser(name, help=mod.__doc__.splitlines()[0], description=mod.__doc__)
         mod.add_arguments(sp)
-        sp.set_defaults(_run=mod.run)
+        sp.set_defaults(_run=mod.run, _parser=sp)
     return p
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    args = parser().parse_args(argv)
+    args, unknown = parser().parse_known_args(argv)
+    if unknown:  # said by the subcommand's parser, so the hint points to its own --help
+        args._parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         return args._run(args)
-    except UserError as err:
+    except (UserError, OSError) as err:
+        if isinstance(err, OSError):  # one error path for the file system: permission, read-only, disk full...
+            err = file_system_error(err)
         if _is_rank_zero():  # under torchrun every rank raises the same error: say it once
             print(f"pyro-vae: error: {err}", file=sys.stderr)
         return err.exit_code

@@ -15,7 +15,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from .config import Config  # noqa: E402
 from .errors import ConfigError, RunDirError  # noqa: E402
 from .methods import METHODS, Budget, Method, MethodResult, configure, load_method_modules, svi_method  # noqa: E402
-from .rundir import atomic_write_bytes, atomic_write_json  # noqa: E402
+from .rundir import atomic_write_bytes, atomic_write_json, check_writable_dir  # noqa: E402
 
 OWN_FILES = ("comparison.json", "comparison.md")
 _SET_SPLIT = re.compile(r",(?=\s*[A-Za-z_][\w.]*\s*=)")  # commas that start a new key=value, not inside [16, 16]
@@ -49,36 +49,39 @@ def resolve_methods(names: Sequence[str], method_sets: Sequence[str] = ()) -> Li
     return [(n, custom[n] if n in custom else METHODS.get(n).fn) for n in names]
 
 
-def prepare_out(out: Path, overwrite: bool) -> Path:
-    """Create ``out``; an existing non-empty directory needs ``overwrite`` (and must hold only our files)."""
+def check_out(out: Path, overwrite: bool) -> Path:
+    """Refuse an ``out`` that cannot take a comparison, before anything is trained or written: not a writable
+    directory, or holding files already (unless ``overwrite``, and then only a comparison's own files)."""
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise RunDirError(f"{out}: exists and is not a directory")
+    check_writable_dir(out)
     if out.is_dir() and any(out.iterdir()):
         if not overwrite:
-            raise RunDirError(f"{out}: directory is not empty (use --overwrite to replace an earlier comparison)")
+            raise RunDirError(f"--out {out}: directory is not empty (use --overwrite to replace an earlier comparison)")
         foreign = [p.name for p in out.iterdir() if p.name not in OWN_FILES + ("plots",)]
         if foreign:
-            raise RunDirError(f"{out}: holds files that are not a comparison's ({foreign[0]}); refusing to overwrite")
-    (out / "plots").mkdir(parents=True, exist_ok=True)
+            raise RunDirError(f"--out {out}: holds files that are not a comparison's ({foreign[0]}); refusing to overwrite")
     return out
 
 
 def compare(cfg: Config, methods: List[Tuple[str, Method]], budget: Budget, out: Path,
             overwrite: bool = False, verbose: bool = True) -> Dict[str, Any]:
-    """Run each method on the data of ``cfg`` and write ``out/comparison.{json,md}`` and ``out/plots/``."""
+    """Run each method on the data of ``cfg`` and write ``out/comparison.{json,md}`` and ``out/plots/``.
+
+    Every check that can refuse (the config of each method, its model on this data, ``out``) runs first;
+    ``out`` is written only once every method has trained, each file replaced whole."""
+    from .build import build_vae
     from .train import prepare
 
     data, _ = prepare(cfg)  # every user error surfaces before anything is trained or written
     for name, method in methods:
         try:
-            if hasattr(method, "overrides"):
-                configure(cfg, method.overrides)
+            if hasattr(method, "overrides"):  # its model must build on this data (conv needs the image shape)
+                build_vae(configure(cfg, method.overrides), data.x_dim, data.image_shape)
             if hasattr(method, "check"):
                 method.check(cfg)
         except ConfigError as err:
             raise ConfigError(f"method '{name}': {err}") from None
-    out = prepare_out(out, overwrite)
+    out = check_out(out, overwrite)
     rows: List[MethodResult] = []
     for name, method in methods:
         if verbose:
@@ -93,6 +96,7 @@ def compare(cfg: Config, methods: List[Tuple[str, Method]], budget: Budget, out:
                                                   "eval_samples": budget.eval_samples, "grad_samples": budget.grad_samples},
               "n_train": len(data.train), "n_val": len(data.val), "n_test": len(data.test),
               "methods": [r.to_dict() for r in rows]}
+    (out / "plots").mkdir(parents=True, exist_ok=True)
     plots = write_plots(rows, out / "plots")
     report["plots"] = [str(p.relative_to(out)) for p in plots]
     atomic_write_json(out / "comparison.json", report)

@@ -29,7 +29,9 @@ Spec = Dict[str, Any]
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_default=True)
+    # allow_inf_nan=False: a NaN or infinite number is refused here, naming its key, instead of surfacing
+    # later as a non-finite loss
+    model_config = ConfigDict(extra="forbid", validate_default=True, allow_inf_nan=False)
 
 
 def _resolve(registry: Registry, spec: Any, where: str, default: str) -> Spec:
@@ -45,7 +47,7 @@ def _resolve(registry: Registry, spec: Any, where: str, default: str) -> Spec:
 class DataConfig(Section):
     """``data``: which dataset, how to split and binarize it; loader keys sit beside ``name``."""
 
-    model_config = ConfigDict(extra="allow", validate_default=True)
+    model_config = ConfigDict(extra="allow", validate_default=True, allow_inf_nan=False)
     name: str = "digits"  # a registered dataset (pyro-vae components); its own keys sit beside name
     binarize: Literal["none", "static", "dynamic"] = "none"  # for Bernoulli likelihoods: one seeded draw, or a fresh one every epoch
     val_fraction: float = Field(0.1, ge=0.0, lt=1.0)  # share of the points held out for validation (seeded split)
@@ -113,9 +115,15 @@ class OptimConfig(Section):
 
 
 class TrainConfig(Section):
-    """``train``: the loop."""
+    """``train``: the loop, and when it stops (the rules are in ``stopping.py``)."""
 
-    epochs: PositiveInt = 100  # passes over the training split
+    epochs: PositiveInt = 1000  # the most passes over the training split (stop: epochs runs exactly this many)
+    stop: Literal["plateau", "epochs"] = "plateau"  # plateau: cut the step size when the validation ELBO stops improving, stop once it stops at min_lr; epochs: run all train.epochs
+    patience: PositiveInt = 10  # epochs without an improvement before a cut (or, at min_lr, the stop); with stop: epochs, only for summary.json's converged
+    min_delta: float = Field(0.1, ge=0.0)  # an improvement: validation ELBO more than this above the last improving epoch's (nats per point)
+    lr_factor: float = Field(0.5, gt=0.0, lt=1.0)  # a cut multiplies the step size (optim.lr at the start) by this
+    min_lr: float = Field(1e-4, ge=0.0)  # the step size is never cut below this; a plateau at it ends training (>= optim.lr: no cuts)
+    restore_best: bool = True  # end with the parameters of the epoch with the best validation ELBO (false: the last epoch's)
     batch_size: PositiveInt = 64  # data points per step (the global batch under torch.distributed)
     validate_args: bool = False  # Pyro's distribution checks: on in tests, off in the hot loop for speed
     checkpoint_every_steps: Optional[PositiveInt] = None  # also checkpoint mid-epoch (None: at epoch ends only)
@@ -128,7 +136,7 @@ class TrainConfig(Section):
 class Config(Section):
     """The whole run: every key has a default, so an empty file is the default run."""
 
-    seed: NonNegativeInt = 0  # seeds the split, the initialisation and every random draw
+    seed: int = Field(0, ge=0, le=2**32 - 1)  # seeds the split, the initialisation and every random draw (NumPy's legacy seeding takes 32 bits)
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     guide: Spec = {"name": "mean_field"}  # q(z|x): a registered guide and its keys
@@ -180,21 +188,45 @@ def validate(raw: Dict[str, Any]) -> Config:
     return cfg.model_copy(update={"data": DataConfig.model_validate(data)})
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (plain YAML keeps the last silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise ConfigError(f"'{key}' appears twice in one mapping (lines {seen[key] + 1} and "
+                                  f"{key_node.start_mark.line + 1}); keep one")
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
+def read_yaml(path: Path, error: type = ConfigError) -> Any:
+    """Parse the YAML file ``path`` (duplicate keys refused); every problem is one ``error`` naming the file."""
+    path = Path(path)
+    if path.is_dir():
+        raise error(f"{path}: is a directory, not a YAML config file")
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise error(f"{path}: config file not found") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise error(f"{path}: cannot read config ({getattr(err, 'strerror', None) or err.__class__.__name__})") from None
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)
+    except ConfigError as err:
+        raise error(f"{path}: {err}") from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        raise error(f"{path}: not valid YAML{f' at line {mark.line + 1}' if mark else ''}") from None
+
+
 def load(path: Optional[str | Path], overrides: List[str] = ()) -> Config:
     """Read a YAML config (``None``: the default), apply ``key=value`` overrides, validate."""
     raw: Dict[str, Any] = {}
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"{path}: config file not found")
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except (OSError, UnicodeDecodeError) as err:
-            raise ConfigError(f"{path}: cannot read config ({err.__class__.__name__})") from None
-        except yaml.YAMLError as err:
-            mark = getattr(err, "problem_mark", None)
-            where = f" at line {mark.line + 1}" if mark else ""
-            raise ConfigError(f"{path}: not valid YAML{where}") from None
+        raw = read_yaml(Path(path)) or {}
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: expected a mapping of sections at the top level")
     raw = apply_overrides(raw, overrides)

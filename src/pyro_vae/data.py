@@ -1,13 +1,15 @@
 """Datasets: bundled digits, a user's ``.npz`` file, and synthetic linear-Gaussian draws.
 
-Every loader returns float32 tensors ``(N, x_dim)``; ``load_data`` splits them with a seeded
-permutation, checks them, and binarizes them for Bernoulli likelihoods when asked.
+Every loader returns arrays ``(N, x_dim)``; ``load_data`` checks them (``_check_split``, the one place
+that refuses bad data), splits them with a seeded permutation, casts them to float32 tensors, and
+binarizes them for Bernoulli likelihoods when asked.
 """
 
 from __future__ import annotations
 
 import math
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Literal, Optional, Tuple
@@ -22,17 +24,27 @@ from .registry import Registry
 DATASETS = Registry("data")
 DATA_KEYS = ("binarize", "val_fraction", "test_fraction")  # keys of the data section itself
 SPLITS = ("train", "val", "test")
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+NPY_MAGIC = b"\x93NUMPY"
 
 
 @dataclass
 class Raw:
-    """What a loader returns: all points in ``x`` (split later) or ready-made ``splits``."""
+    """What a loader returns: all points in ``x`` (split later) or ready-made ``splits``.
+
+    ``names`` says how error messages name the data and labels of ``"x"`` or of a split (default
+    ``"data"``/``"labels"``, ``"val data"``/``"val labels"``), e.g. ``("array 'val'", "array 'val_y'")``.
+    """
 
     x: Optional[np.ndarray] = None
     labels: Optional[np.ndarray] = None
     splits: Optional[Dict[str, Tuple[np.ndarray, Optional[np.ndarray]]]] = None
     image_shape: Optional[Tuple[int, ...]] = None
     truth: Optional[Dict[str, np.ndarray]] = None
+    names: Dict[str, Tuple[str, str]] = field(default_factory=dict)
+
+    def name(self, part: str) -> Tuple[str, str]:
+        return self.names.get(part) or (("data", "labels") if part == "x" else (f"{part} data", f"{part} labels"))
 
 
 @dataclass
@@ -56,6 +68,9 @@ class Dataset:
         if name not in SPLITS:
             raise DataError(f"--split {name}: choose one of {', '.join(SPLITS)}")
         return getattr(self, name)
+
+    def splits(self) -> Dict[str, torch.Tensor]:
+        return {s: getattr(self, s) for s in SPLITS}
 
 
 @DATASETS.register("digits")
@@ -86,7 +101,7 @@ class Npz:
         arrays = self._read()
         if "x" in arrays:
             x, shape = self._matrix(arrays["x"], "x")
-            return Raw(x=x, labels=arrays.get("y"), image_shape=shape)
+            return Raw(x=x, labels=arrays.get("y"), image_shape=shape, names={"x": ("array 'x'", "array 'y'")})
         if all(s in arrays for s in SPLITS):
             splits, shapes = {}, set()
             for s in SPLITS:
@@ -95,21 +110,34 @@ class Npz:
                 shapes.add((shape, x.shape[1]))
             if len(shapes) != 1:
                 raise DataError(f"{self.path}: arrays train/val/test have different feature shapes")
-            return Raw(splits=splits, image_shape=shape)
+            return Raw(splits=splits, image_shape=shape, names={s: (f"array '{s}'", f"array '{s}_y'") for s in SPLITS})
         raise DataError(f"{self.path}: expected an array 'x' or arrays 'train', 'val', 'test' (found: {', '.join(arrays) or 'none'})")
 
     def _read(self) -> Dict[str, np.ndarray]:
+        if self.path.is_dir():
+            raise DataError(f"data.path: {self.path} is a directory; expected an .npz file")
         if not self.path.is_file():
             raise DataError(f"data.path: file not found: {self.path}")
         try:
+            with open(self.path, "rb") as f:
+                if f.read(len(NPY_MAGIC)) == NPY_MAGIC:  # np.load would return the one array, not an archive
+                    raise DataError(f"data.path: {self.path} is a .npy file (one bare array); expected an .npz with "
+                                    f"an array 'x', e.g. np.savez(path, x=array)")
             with np.load(self.path, allow_pickle=False) as f:
-                return {k: f[k] for k in f.files}
-        except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
+                return {k: self._member(f, k) for k in f.files}
+        except (OSError, ValueError, zipfile.BadZipFile, EOFError, zlib.error) as err:
             raise DataError(f"data.path: cannot read {self.path} as .npz ({err.__class__.__name__})") from None
 
+    def _member(self, npz, key: str) -> np.ndarray:
+        try:
+            return npz[key]
+        except ValueError as err:
+            if "allow_pickle" not in str(err):
+                raise
+            raise DataError(f"{self.path}: array '{key}' holds Python objects (dtype object), which are never "
+                            f"unpickled; save numeric arrays") from None
+
     def _matrix(self, a: np.ndarray, key: str) -> Tuple[np.ndarray, Optional[Tuple[int, ...]]]:
-        if not np.issubdtype(a.dtype, np.number) and a.dtype != bool:
-            raise DataError(f"{self.path}: array '{key}' is not numeric (dtype {a.dtype})")
         if a.ndim == 3:
             return a.reshape(len(a), -1), tuple(a.shape[1:])
         if a.ndim == 2:
@@ -177,11 +205,17 @@ def read_idx(path: Path) -> np.ndarray:
     if len(blob) < 4 or blob[0] != 0 or blob[1] != 0 or blob[2] not in IDX_DTYPES:
         raise DataError(f"{path}: not an IDX file (bad magic number)")
     ndim = blob[3]
-    dims = np.frombuffer(blob, ">i4", count=ndim, offset=4) if len(blob) >= 4 + 4 * ndim else None
+    if len(blob) < 4 + 4 * ndim:
+        raise DataError(f"{path}: truncated IDX file (its header has {ndim} dimensions but ends after {len(blob)} bytes)")
+    shape = tuple(int(d) for d in np.frombuffer(blob, ">i4", count=ndim, offset=4))  # plain ints for messages
     dtype = np.dtype(IDX_DTYPES[blob[2]])
-    if dims is None or len(blob) != 4 + 4 * ndim + int(np.prod(dims)) * dtype.itemsize:
-        raise DataError(f"{path}: truncated IDX file (its header promises shape {None if dims is None else tuple(dims)})")
-    data = np.frombuffer(blob, dtype, offset=4 + 4 * ndim).reshape(tuple(int(d) for d in dims))
+    if any(d < 0 for d in shape):
+        raise DataError(f"{path}: not an IDX file (its header promises shape {shape})")
+    size = 4 + 4 * ndim + math.prod(shape) * dtype.itemsize
+    if len(blob) != size:
+        how = "truncated" if len(blob) < size else f"{len(blob) - size} bytes too long for an"
+        raise DataError(f"{path}: {how} IDX file (its header promises shape {shape}: {size} bytes, found {len(blob)})")
+    data = np.frombuffer(blob, dtype, offset=4 + 4 * ndim).reshape(shape)
     return data.astype(dtype.newbyteorder("="))  # a writable copy in native byte order
 
 
@@ -211,6 +245,9 @@ class Mnist:
         return images, labels
 
     def load(self) -> Raw:
+        if self.path.is_file():
+            raise DataError(f"data.path: {self.path} is a file; expected a directory of IDX files "
+                            f"({', '.join(IDX_FILES['train'])}, ...)")
         if not self.path.is_dir():
             raise DataError(f"data.path: directory not found: {self.path}")
         (train_x, train_y), (test_x, test_y) = self._split("train"), self._split("test")
@@ -236,7 +273,7 @@ class FashionMnist(Mnist):
         super().__init__(path=path, val_size=val_size)
 
     def load(self) -> Raw:
-        if not self.path.is_dir():
+        if not self.path.exists():
             raise DataError(f"data.path: Fashion-MNIST not found at {self.path}; install Debian's "
                             f"dataset-fashion-mnist (apt-get install dataset-fashion-mnist) or set data.path")
         return super().load()
@@ -247,19 +284,13 @@ def load_data(spec: Dict, seed: int) -> Dataset:
 
     raw = DATASETS.build(spec, reserved=DATA_KEYS).load()
     where = spec.get("path") or spec["name"]
-    if raw.splits is None:
-        splits = _split(raw.x, raw.labels, spec["val_fraction"], spec["test_fraction"], seed, where)
+    if raw.splits is None:  # checked before splitting, so that a message's row is the file's row
+        x, y = _check_split(raw.x, raw.labels, "x", where, raw.name("x"))
+        splits = _split(x, y, spec["val_fraction"], spec["test_fraction"], seed, where)
     else:
-        splits = raw.splits
-    tensors, labels = {}, {}
-    for s in SPLITS:
-        x, y = splits[s]
-        x = np.asarray(x, dtype=np.float64)
-        if not np.isfinite(x).all():
-            bad = np.argwhere(~np.isfinite(x))[0]
-            raise DataError(f"{where}: {s} data has a non-finite value ({x[tuple(bad)]}) at row {bad[0]}, column {bad[1]}")
-        tensors[s] = torch.as_tensor(x, dtype=torch.float32)
-        labels[s] = None if y is None else torch.as_tensor(np.asarray(y)).long()
+        splits = {s: _check_split(*raw.splits[s], s, where, raw.name(s)) for s in SPLITS}
+    tensors = {s: torch.as_tensor(x, dtype=torch.float32) for s, (x, _) in splits.items()}
+    labels = {s: None if y is None else torch.as_tensor(y) for s, (_, y) in splits.items()}
     ds = Dataset(name=spec["name"], labels=labels, image_shape=raw.image_shape, binarize=spec["binarize"],
                  truth=None if raw.truth is None else {k: torch.as_tensor(v, dtype=torch.float32) for k, v in raw.truth.items()},
                  **tensors)
@@ -268,14 +299,54 @@ def load_data(spec: Dict, seed: int) -> Dataset:
     return ds
 
 
+def _check_split(x, y, part: str, where: str, names: Tuple[str, str]) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+    """Refuse data that would fail late or silently: return ``x`` as float64 ``(N, D)`` and ``y`` as int64 ``(N,)``.
+
+    ``part`` is ``"x"`` (all points, split later) or a split; ``names`` name its data and labels in messages.
+    Real numbers or booleans, at least one feature, at least one training point, finite and within
+    float32's range (the tensors are float32); labels are integers (or integer-valued floats), one per point.
+    """
+    what, what_y = names
+    x = np.asarray(x)
+    if np.iscomplexobj(x):
+        raise DataError(f"{where}: {what} is complex (dtype {x.dtype}); expected real numbers")
+    if x.dtype != bool and not np.issubdtype(x.dtype, np.number):
+        raise DataError(f"{where}: {what} is not numeric (dtype {x.dtype})")
+    if x.ndim != 2 or x.shape[1] == 0:
+        raise DataError(f"{where}: {what} has shape {x.shape}; expected (N, D) with at least one feature")
+    if len(x) == 0 and part in ("x", "train"):
+        raise DataError(f"{where}: {what} is empty (shape {x.shape}); training needs at least one point")
+    x = x.astype(np.float64, copy=False)
+    bad, why = ~np.isfinite(x), "a non-finite value"
+    if not bad.any():  # finite in float64 but inf once cast to float32
+        bad, why = np.abs(x) > FLOAT32_MAX, f"a value beyond float32's range of +-{FLOAT32_MAX:.4g}"
+    if bad.any():
+        row, col = (int(i) for i in np.argwhere(bad)[0])
+        raise DataError(f"{where}: {what} has {why} ({float(x[row, col]):g}) at row {row}, column {col}")
+    return x, None if y is None else _check_labels(y, len(x), where, what_y)
+
+
+def _check_labels(y, n: int, where: str, what: str) -> np.ndarray:
+    y = np.asarray(y)
+    if y.ndim != 1 or len(y) != n:
+        raise DataError(f"{where}: {what} has shape {y.shape}; expected one label per point, shape ({n},)")
+    if y.dtype == bool or np.issubdtype(y.dtype, np.integer):
+        return y.astype(np.int64)
+    if not np.issubdtype(y.dtype, np.floating):
+        raise DataError(f"{where}: {what}: labels must be integers (dtype {y.dtype})")
+    bad = ~np.isfinite(y) | (y != np.round(y))
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise DataError(f"{where}: {what}: labels must be integers, but label {i} is {float(y[i]):g}")
+    return y.astype(np.int64)
+
+
 def _split(x, y, val_fraction, test_fraction, seed, where):
     n = len(x)
     n_val, n_test = math.floor(n * val_fraction), math.floor(n * test_fraction)
     n_train = n - n_val - n_test
     if n_train < 1 or (val_fraction > 0 and n_val < 1) or (test_fraction > 0 and n_test < 1):
         raise DataError(f"{where}: {n} points are too few for val_fraction={val_fraction}, test_fraction={test_fraction}")
-    if y is not None and len(y) != n:
-        raise DataError(f"{where}: {len(y)} labels for {n} points")
     perm = np.random.default_rng(seed).permutation(n)
     parts = np.split(perm, [n_train, n_train + n_val])
     return {s: (x[idx], None if y is None else y[idx]) for s, idx in zip(SPLITS, parts)}

@@ -31,7 +31,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .errors import ConfigError, UserError
+from .errors import ConfigError, UserError, file_system_error
 
 T = TypeVar("T")
 ENV_KEYS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
@@ -102,6 +102,8 @@ class Context:
                 result = fn()
             except UserError as err:
                 error = err
+            except OSError as err:  # the file system's refusals are user errors too (and must reach every rank)
+                error = file_system_error(err)
         if self.distributed:
             box = [error]
             dist.broadcast_object_list(box, src=0)

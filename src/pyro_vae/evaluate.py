@@ -380,9 +380,10 @@ def gradient_variance(vae: VAE, elbo, x: torch.Tensor, repeats: int = 50) -> Dic
 def evaluate_run(path: str | Path, split: str = "test", samples: int = 1000, batch_size: int = 256,
                  gaps: bool = False, gap_steps: int = 300, progress: bool = False, seed: int = 0) -> Dict[str, Any]:
     """Evaluate the run in ``path`` on ``split`` and write ``path/evaluation.json`` atomically."""
-    from .rundir import atomic_write_json
+    from .rundir import RunDir, atomic_write_json
     from .runs import load_run
 
+    RunDir.existing(path).check_writable("evaluate writes evaluation.json into the run directory")
     run = load_run(path)
     x = run.data.split(split)
     if len(x) == 0:

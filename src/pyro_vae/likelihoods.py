@@ -138,11 +138,14 @@ class BernoulliLikelihood(Likelihood):
         return softplus(logits).addcmul_(logits, x, value=-1).sum(-1).neg_()
 
     def check_data(self, x: torch.Tensor, where: str) -> None:
-        if not bool(((x == 0) | (x == 1)).all()):
+        bad = ~((x == 0) | (x == 1))
+        if bool(bad.any()):
             lo, hi = float(x.min()), float(x.max())
+            row, col = (int(i) for i in bad.nonzero()[0])
             raise DataError(
                 f"model.likelihood.name: 'bernoulli' needs data in {{0, 1}} but {where} has values in "
-                f"[{lo:g}, {hi:g}]; set data.binarize=static or data.binarize=dynamic"
+                f"[{lo:g}, {hi:g}] ({float(x[row, col]):g} at row {row}, column {col}); "
+                f"set data.binarize=static or data.binarize=dynamic"
             )
 
 

@@ -168,7 +168,7 @@ def train_svi(cfg: Config, data: Dataset, budget: Budget, name: str = "", extra:
     from .train import elbo_per_point, seed_everything
 
     seed_everything(cfg.seed)
-    vae = build_vae(cfg, data.x_dim)
+    vae = build_vae(cfg, data.x_dim, data.image_shape)
     elbo = build_elbo(cfg.inference)
     standard = build_elbo(InferenceConfig())  # val/test numbers are the ELBO whatever the training objective
     optimizer = torch.optim.Adam(vae.parameters(), lr=cfg.optim.lr)

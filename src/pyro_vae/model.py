@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from contextlib import nullcontext
-from typing import Optional
+from contextlib import contextmanager, nullcontext
+from typing import Iterator, Optional, Tuple
 
 import pyro
 import pyro.poutine as poutine
@@ -73,14 +73,56 @@ class VAE(nn.Module):
                 return pyro.sample("z", self.encoder(x))
 
     @torch.no_grad()
-    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
-        """Mean of p(x | z = mean of q(z|x)), ``(batch, x_dim)``."""
-        z = self.encoder(x).mean
+    def latent_summary(self, x: torch.Tensor, num_samples: int = 64, seed: int = 0) -> Tuple[torch.Tensor, str]:
+        """One point of latent space per data point: a summary of q(z|x), ``(batch, latent_dim)``, and its name.
+
+        The mean of q(z|x) where it has a finite closed form; otherwise (a flow's q, a Student-t with
+        ``df <= 1``) the coordinatewise median of ``num_samples`` draws, taken on a stream seeded with
+        ``seed``, so the summary is deterministic and the global RNG stream is left as it was.
+        """
+        q = self.encoder(x)
+        try:
+            loc = q.mean  # (batch, latent_dim)
+        except NotImplementedError:
+            loc = None
+        if loc is not None and torch.isfinite(loc).all():
+            return loc, "mean of q(z|x)"
+        with own_rng(seed, x.device):
+            z = q.sample((num_samples,))  # (num_samples, batch, latent_dim)
+        return z.median(0).values, f"median of {num_samples} draws from q(z|x)"
+
+    @torch.no_grad()
+    def decode_mean(self, z: torch.Tensor) -> torch.Tensor:
+        """Mean of p(x|z), ``(batch, x_dim)``, for ``z`` of shape ``(batch, latent_dim)``."""
         return self.likelihood(self.decoder(z)).mean
 
     @torch.no_grad()
-    def sample(self, num_samples: int) -> torch.Tensor:
-        """Means of p(x|z) for ``z ~ p(z)``, ``(num_samples, x_dim)``."""
-        z = self.prior().sample((num_samples,))
-        return self.likelihood(self.decoder(z)).mean
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        """Mean of p(x|z) at z = :meth:`latent_summary` of q(z|x), ``(batch, x_dim)``."""
+        return self.decode_mean(self.latent_summary(x)[0])
 
+    @torch.no_grad()
+    def sample(self, num_samples: int, seed: Optional[int] = None) -> torch.Tensor:
+        """Means of p(x|z) for ``z ~ p(z)``, ``(num_samples, x_dim)``; with a ``seed``, drawn on a stream of its
+        own (repeatable, and the global RNG stream is left as it was)."""
+        with own_rng(seed, self.device) if seed is not None else nullcontext():
+            z = self.prior().sample((num_samples,))  # (num_samples, latent_dim)
+        return self.decode_mean(z)
+
+    @property
+    def device(self) -> torch.device:
+        """Where the parameters live (the CPU for a module without any)."""
+        return next((p.device for p in self.parameters()), torch.device("cpu"))
+
+
+@contextmanager
+def own_rng(seed: int, device: torch.device) -> Iterator[None]:
+    """Run the block on torch's RNG seeded with ``seed`` (the CPU's, and ``device``'s if a GPU), then restore
+    the streams as they were: draws inside neither disturb nor depend on the global stream."""
+    gpu = device.type == "cuda"
+    with torch.random.fork_rng(devices=[device] if gpu else []):
+        torch.random.default_generator.manual_seed(seed)
+        if gpu:
+            with torch.cuda.device(device):
+                torch.cuda.manual_seed(seed)  # seeds the current device only
+        yield

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import matplotlib
 
@@ -45,26 +45,72 @@ def image_grid(images: torch.Tensor, image_shape: Sequence[int], path: Path, tit
     return _save(fig, path)
 
 
-def reconstructions(x: torch.Tensor, recon: torch.Tensor, image_shape: Sequence[int], path: Path) -> Path:
-    """Pairs of rows: data on top, its reconstruction below."""
+def reconstructions(x: torch.Tensor, recon: torch.Tensor, image_shape: Sequence[int], path: Path,
+                    what: str = "mean of q(z|x)") -> Path:
+    """Pairs of rows: data on top, below it the mean of p(x|z) at ``z`` = ``what`` (the summary of q used)."""
     n = min(10, len(x))
     rows = torch.cat([x[:n], recon[:n]])
-    return image_grid(rows, image_shape, path, "data (top) and reconstructions (bottom)", ncols=n)
+    return image_grid(rows, image_shape, path, f"data (top); mean of p(x|z) at z = {what} (bottom)", ncols=n)
 
 
-def latent_scatter(z: torch.Tensor, labels: Optional[torch.Tensor], path: Path) -> Path:
-    """The means of q(z|x) in a 2-D latent space, coloured by label."""
-    z = z.detach().cpu().numpy()
+def latent(z: torch.Tensor, labels: Optional[torch.Tensor], path: Path, what: str = "mean of q(z|x)",
+           split: str = "test") -> Path:
+    """One summary ``z`` of q(z|x) per data point, ``(n, latent_dim)``, coloured by label: a strip per label
+    (or a histogram) for latent_dim 1, a scatter for 2, the first two principal axes for more."""
+    z = z.detach().cpu().double().numpy()
+    labels = None if labels is None else labels.cpu().numpy()
     fig, ax = plt.subplots(figsize=(5.5, 5))
-    if labels is None:
-        ax.scatter(z[:, 0], z[:, 1], s=4, alpha=0.6)
+    title = f"{what}, {split} split"
+    if z.shape[1] == 1:
+        _strips(ax, z[:, 0], labels)
+    elif z.shape[1] == 2:
+        _scatter(fig, ax, z, labels, ("$z_1$", "$z_2$"))
     else:
-        sc = ax.scatter(z[:, 0], z[:, 1], c=labels.cpu().numpy(), cmap="tab10", s=4, alpha=0.7)
-        fig.colorbar(sc, ax=ax, label="label")
-    ax.set_xlabel("$z_1$")
-    ax.set_ylabel("$z_2$")
-    ax.set_title("latent means of q(z|x), test split")
+        points, _, share = principal_axes(z)
+        _scatter(fig, ax, points, labels, [f"principal axis {i + 1} ({100 * s:.0f}% of variance)" for i, s in enumerate(share)])
+        title += f"\non the first two principal axes of the {z.shape[1]}-D points ({100 * share.sum():.0f}% of their variance)"
+    ax.set_title(title, fontsize=10)
     return _save(fig, path)
+
+
+def principal_axes(z: np.ndarray, k: int = 2) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """PCA of the rows of ``z`` ``(n, d)``, ``k <= d``: the centred rows projected on the first ``k`` principal axes
+    ``(n, k)``, the axes as orthonormal rows ``(k, d)`` (each signed so its largest entry is positive), and the share
+    of the total variance along each ``(k,)``.
+    """
+    centred = z - z.mean(axis=0)
+    _, s, vt = np.linalg.svd(centred, full_matrices=True)  # full: k axes even when n < k
+    largest = np.abs(vt[:k]).argmax(axis=1)  # (k,): an axis's sign is arbitrary; fix it by its largest entry
+    axes = vt[:k] * np.sign(vt[np.arange(k), largest])[:, None]  # (k, d)
+    variance = np.zeros(z.shape[1])
+    variance[: len(s)] = s**2
+    share = variance[:k] / max(variance.sum(), np.finfo(float).tiny)
+    return centred @ axes.T, axes, share
+
+
+def _scatter(fig, ax, points: np.ndarray, labels: Optional[np.ndarray], axis_labels: Sequence[str]) -> None:
+    """``points`` ``(n, 2)`` as dots, coloured by label when there are labels."""
+    if labels is None:
+        ax.scatter(points[:, 0], points[:, 1], s=4, alpha=0.6)
+    else:
+        sc = ax.scatter(points[:, 0], points[:, 1], c=labels, cmap="tab10", s=4, alpha=0.7)
+        fig.colorbar(sc, ax=ax, label="label")
+    ax.set_xlabel(axis_labels[0])
+    ax.set_ylabel(axis_labels[1])
+
+
+def _strips(ax, z: np.ndarray, labels: Optional[np.ndarray]) -> None:
+    """A 1-D latent ``z`` ``(n,)``: one jittered strip of dots per label, or a histogram without labels."""
+    if labels is None:
+        ax.hist(z, bins=40)
+        ax.set_ylabel("count")
+    else:
+        jitter = np.random.default_rng(0).uniform(-0.3, 0.3, size=len(z))  # a local stream: global RNG untouched
+        ax.scatter(z, labels + jitter, c=labels, cmap="tab10", s=4, alpha=0.7)
+        if len(np.unique(labels)) <= 20:
+            ax.set_yticks(np.unique(labels))
+        ax.set_ylabel("label (jittered)")
+    ax.set_xlabel("$z_1$")
 
 
 def _save(fig, path: Path) -> Path:

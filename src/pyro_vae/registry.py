@@ -76,7 +76,7 @@ def _schema_from_signature(kind: str, name: str, cls: type) -> type[BaseModel]:
         default = ... if p.default is inspect.Parameter.empty else p.default
         fields[p.name] = (hints[p.name], default)
     model_name = f"{kind}_{name}".replace("-", "_")
-    return create_model(model_name, __config__=ConfigDict(extra="forbid"), **fields)
+    return create_model(model_name, __config__=ConfigDict(extra="forbid", allow_inf_nan=False), **fields)
 
 
 E = TypeVar("E")
@@ -172,4 +172,4 @@ def format_error(err: ValidationError, prefix: str, valid_keys: Callable[[tuple]
     given = e.get("input")
     shown = repr(given) if not isinstance(given, dict) else "a mapping"
     msg = e["msg"].replace("Value error, ", "")
-    return f"{path}: {msg} (got {shown})"
+    return f"{path}: {msg}" + ("" if "(got " in msg else f" (got {shown})")  # a validator may have said it

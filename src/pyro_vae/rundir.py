@@ -15,22 +15,53 @@ import hashlib
 import io
 import json
 import os
-import shutil
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import torch
 
-from .errors import RunDirError
+from .errors import FileSystemError, RunDirError, file_system_error
 
 CHECKPOINT_FORMAT = "pyro_vae.checkpoint/2"
 # A checkpoint is one header line ``MAGIC <sha256 of payload> <payload bytes>`` and a torch.save payload,
 # so truncation (length) and corruption (checksum) are detected before unpickling anything.
 CHECKPOINT_MAGIC = b"PYRO_VAE_CHECKPOINT"
 OWN_FILES = ("config.yaml", "metrics.jsonl", "checkpoint.pt", "checkpoint.prev.pt", "summary.json", "evaluation.json")
-OWN_DIRS = ("plots",)
+OWN_PLOTS = ("learning_curves.png", "reconstructions.png", "samples.png", "latent.png")  # in plots/; a user's own figures there stay
+STAGING = ".pyro_vae-new"  # where an --overwrite run is built until its first checkpoint, inside the old run's directory
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+FILE_MODE = 0o666 & ~_umask()  # what open() would give: mkstemp's 0600 would hide run files from a user's group
+
+
+def check_writable_dir(path: Path, flag: str = "--out") -> None:
+    """Refuse, before anything is written, a ``path`` that cannot become a writable directory: under a file,
+    in a symlink loop, or below a directory this process may not write (permission, read-only file system)."""
+    path, probe = Path(path), Path(path)
+    while True:
+        try:
+            probe.stat()
+            break
+        except FileNotFoundError:
+            if probe.parent == probe:
+                break
+            probe = probe.parent
+        except OSError as err:
+            raise file_system_error(err, f"{flag} {path}") from None
+    if not probe.is_dir():
+        what = "exists and is not a directory" if probe == path else f"{probe} is a file, not a directory"
+        raise RunDirError(f"{flag} {path}: {what}; choose another {flag}")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise FileSystemError(f"{flag} {path}: {probe} is not writable (permission denied or a read-only file system); "
+                              f"choose another {flag}")
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -39,6 +70,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), FILE_MODE)
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
@@ -80,6 +112,13 @@ def decode_checkpoint(data: bytes) -> Dict[str, Any]:
     return state
 
 
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as err:  # unreadable (permissions, I/O error): the previous checkpoint may still serve
+        raise CheckpointError(f"cannot be read ({err.strerror or err.__class__.__name__})") from None
+
+
 def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
 
@@ -89,6 +128,8 @@ class RunDir:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        self.final: Optional[Path] = None  # set while an --overwrite run is staged (see create)
+        self.made: List[Path] = []  # folders this run created, removed again by abandon()
         self._current_is_good = True  # False after falling back: a corrupt checkpoint.pt must not become .prev
 
     config = property(lambda self: self.path / "config.yaml")
@@ -100,21 +141,74 @@ class RunDir:
 
     @classmethod
     def create(cls, path: str | Path, overwrite: bool = False) -> "RunDir":
-        """Make an empty run directory; an existing non-empty one is refused unless ``overwrite``,
-        and then only this project's own files in it are removed."""
-        run = cls(path)
-        if run.path.exists() and not run.path.is_dir():
-            raise RunDirError(f"--out {run.path}: exists and is not a directory")
-        if run.path.is_dir() and any(run.path.iterdir()):
+        """A run directory for a new run, after every check that can refuse (nothing is written before).
+
+        A new or empty ``path`` is used directly. An existing non-empty one is refused unless ``overwrite``;
+        then the old run stays whole while the new one is built in ``path/.pyro_vae-new/``, and
+        :meth:`commit` moves it in (pyro_vae's own files only, one by one) once it has its first checkpoint.
+        """
+        target = Path(path)
+        check_writable_dir(target)
+        if target.is_dir() and any(target.iterdir()):
             if not overwrite:
-                raise RunDirError(f"--out {run.path}: directory exists and is not empty; pass --overwrite or choose another --out")
-            for name in OWN_FILES:
-                (run.path / name).unlink(missing_ok=True)
-            for name in OWN_DIRS:
-                shutil.rmtree(run.path / name, ignore_errors=True)
+                raise RunDirError(f"--out {target}: directory exists and is not empty; pass --overwrite or choose another --out")
+            if not os.access(target, os.W_OK | os.X_OK):
+                raise FileSystemError(f"--out {target}: not writable (permission denied or a read-only file system)")
+            run = cls(target / STAGING)
+            run._remove_own(run.path)  # a staging folder left by an --overwrite run killed before its commit
+            run.final = target
+        else:
+            run = cls(target)
+            run.made = [p for p in (target, *target.parents) if not p.exists()]
         run.path.mkdir(parents=True, exist_ok=True)
         run.plots.mkdir(exist_ok=True)
         return run
+
+    def commit(self) -> None:
+        """Move a staged ``--overwrite`` run into its directory: the old run's pyro_vae files are replaced or
+        removed one by one (in ``plots/`` only pyro_vae's figures); anything else there is left as it was."""
+        if self.final is None:
+            return
+        staged, final = self.path, self.final
+        for directory, names in ((final, OWN_FILES), (final / "plots", OWN_PLOTS)):
+            directory.mkdir(exist_ok=True)
+            new_dir = staged if directory == final else staged / "plots"
+            for name in sorted(names, key=lambda n: n in ("checkpoint.pt", "config.yaml")):  # stale files go first
+                if (new_dir / name).exists():
+                    os.replace(new_dir / name, directory / name)
+                else:
+                    (directory / name).unlink(missing_ok=True)
+        self._remove_own(staged)
+        staged.rmdir()
+        self.path, self.final = final, None
+        self.remove_stale_temporaries()
+
+    def abandon(self) -> None:
+        """Undo a run that failed before its first checkpoint: remove what it wrote (its staging folder, or the
+        folders this run made), leaving an old run, and anything not pyro_vae's, as they were."""
+        self._remove_own(self.path)
+        for folder in [self.path] if self.final is not None else self.made:
+            try:
+                folder.rmdir()  # only if empty: a folder someone else filled meanwhile stays
+            except FileNotFoundError:
+                continue
+            except OSError:
+                break
+
+    @staticmethod
+    def _remove_own(folder: Path) -> None:
+        """Delete pyro_vae's files (and atomic-write leftovers) in ``folder`` and in its plots/ (then plots/ if empty)."""
+        for directory, names in ((folder / "plots", OWN_PLOTS), (folder, OWN_FILES)):
+            if not directory.is_dir():
+                continue
+            for name in names:
+                (directory / name).unlink(missing_ok=True)
+            for tmp in directory.glob(".*.tmp"):
+                tmp.unlink(missing_ok=True)
+        try:
+            (folder / "plots").rmdir()
+        except OSError:
+            pass
 
     @classmethod
     def existing(cls, path: str | Path) -> "RunDir":
@@ -124,6 +218,19 @@ class RunDir:
         if not run.config.is_file():
             raise RunDirError(f"{run.path}: not a run directory (no config.yaml)")
         return run
+
+    def check_writable(self, why: str) -> None:
+        """Refuse, before any work, a run directory whose files cannot be written (``why``: what needs it).
+
+        A real probe (an empty temporary file, removed at once) rather than ``os.access``, which a read-only
+        mount or a root process would answer wrongly."""
+        try:
+            fd, probe = tempfile.mkstemp(prefix=".probe.", suffix=".tmp", dir=self.path)
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as err:
+            raise FileSystemError(f"{self.path}: cannot write here ({err.strerror or err.__class__.__name__}); "
+                                  f"{why}") from None
 
     def remove_stale_temporaries(self) -> None:
         """Delete the temporary files of atomic writes that a killed process left behind (only ours)."""
@@ -162,6 +269,7 @@ class RunDir:
         link = tmp[: -len(".tmp")] + ".prev.tmp"
         try:
             with os.fdopen(fd, "wb") as f:
+                os.fchmod(f.fileno(), FILE_MODE)
                 f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
@@ -187,7 +295,7 @@ class RunDir:
             if not path.is_file():
                 continue
             try:
-                state = decode_checkpoint(path.read_bytes())
+                state = decode_checkpoint(_read(path))
             except CheckpointError as err:
                 problems.append(f"{path.name} {err}")
                 continue

@@ -11,9 +11,9 @@ import torch
 
 from . import distributed, plots
 from .build import build_vae
-from .config import Config, dump, validate
+from .config import Config, dump, read_yaml, validate
 from .data import Dataset, load_data
-from .errors import RunDirError, UserError
+from .errors import RunDirError, UserError, one_line
 from .model import VAE
 from .rundir import RunDir
 from .train import Trainer, prepare, summarize
@@ -46,11 +46,18 @@ def train_run(cfg: Config, out: Optional[str | Path] = None, overwrite: bool = F
     data, vae = prepare(cfg, ctx.device)
     out = out or (ctx.gather(str(default_out(cfg)))[0] if ctx.distributed else default_out(cfg))  # rank 0's clock names it
     run = ctx.on_main(lambda: RunDir.create(out, overwrite=overwrite))
-    trainer = Trainer(cfg, data, vae, run, progress=progress, ctx=ctx)
-    # the step-0 checkpoint comes before config.yaml, so every run directory has a checkpoint to resume from
-    trainer.save()
+    try:
+        trainer = Trainer(cfg, data, vae, run, progress=progress, ctx=ctx)
+        # the step-0 checkpoint comes before config.yaml, so every run directory has a checkpoint to resume from
+        trainer.save()
+        if run is not None:
+            run.write_config(dump(cfg))
+    except BaseException:
+        if run is not None:  # nothing half-written: an old run stays whole, a new folder goes
+            run.abandon()
+        raise
     if run is not None:
-        run.write_config(dump(cfg))
+        ctx.on_main(run.commit)  # only now does an --overwrite replace the old run's files
     trainer.fit()
     return finish(trainer, run, Path(out))
 
@@ -72,6 +79,7 @@ def resume_run(path: str | Path, progress: Optional[bool] = None) -> Optional[Ru
     finished = state.get("epoch", 0) >= cfg.train.epochs and state.get("current") is None
     if finished and run.summary.is_file():
         return None
+    ctx.on_main(lambda: run.check_writable("resume writes checkpoints, metrics and plots there"))
     data, vae = prepare(cfg, ctx.device)
     # every rank has read the checkpoint before rank 0 can write the next one: that takes collectives
     trainer = Trainer(cfg, data, vae, run if ctx.is_main else None, progress=progress, ctx=ctx)
@@ -106,20 +114,24 @@ def finish(trainer: Trainer, run: Optional[RunDir], path: Path) -> Run:
 
 
 def write_plots(run: RunDir, vae: VAE, data: Dataset, metrics: List[Dict[str, Any]]) -> List[Path]:
-    """Learning curves always; image grids for image data; a latent scatter when latent_dim is 2."""
+    """Learning curves; for image data, reconstructions and samples; the latent space (any latent_dim).
+
+    Reconstructions and the latent picture use one summary of q(z|x) (:meth:`VAE.latent_summary`); its draws
+    and the samples' come from seeded streams of their own, so the plots neither disturb nor depend on the
+    training RNG stream.
+    """
     run.plots.mkdir(exist_ok=True)
     out = [plots.learning_curves(metrics, run.plots / "learning_curves.png")]
     vae.eval()
-    x = data.test if len(data.test) else data.train
+    split = "test" if len(data.test) else "train"
+    x = data.split(split)
+    z, what = vae.latent_summary(x)  # (n, latent_dim)
     if data.image_shape is not None:
-        torch.manual_seed(0)  # plots must not disturb (or depend on) the training RNG stream
-        out.append(plots.reconstructions(x[:10], vae.reconstruct(x[:10]), data.image_shape, run.plots / "reconstructions.png"))
-        out.append(plots.image_grid(vae.sample(50), data.image_shape, run.plots / "samples.png", "samples: mean of p(x|z), z ~ p(z)"))
-    if vae.latent_dim == 2:
-        with torch.no_grad():
-            z = vae.encoder(x).mean
-        labels = data.labels.get("test" if len(data.test) else "train")
-        out.append(plots.latent_scatter(z, labels, run.plots / "latent.png"))
+        recon = vae.decode_mean(z[:10])  # (10, x_dim)
+        out.append(plots.reconstructions(x[:10], recon, data.image_shape, run.plots / "reconstructions.png", what))
+        out.append(plots.image_grid(vae.sample(50, seed=0), data.image_shape, run.plots / "samples.png",
+                                    "samples: mean of p(x|z), z ~ p(z)"))
+    out.append(plots.latent(z, data.labels.get(split), run.plots / "latent.png", what, split))
     return out
 
 
@@ -133,7 +145,7 @@ def load_run(path: str | Path) -> Run:
     try:
         vae.load_state_dict(state["vae"])
     except (RuntimeError, KeyError) as err:
-        raise RunDirError(f"{state['_path']}: parameters do not match config.yaml ({str(err).splitlines()[0]})") from None
+        raise RunDirError(f"{state['_path']}: parameters do not match config.yaml ({one_line(err)})") from None
     vae.eval()
     summary = run.read_json("summary.json") if run.summary.is_file() else None
     return Run(run.path, cfg, vae, data, run.read_metrics(), summary)
@@ -141,18 +153,8 @@ def load_run(path: str | Path) -> Run:
 
 def read_config(run: RunDir) -> Config:
     """The validated config of a run directory; a broken config.yaml is a RunDirError naming it."""
+    raw = read_yaml(run.config, RunDirError) or {}
     try:
-        return validate(_read_yaml(run.config))
+        return validate(raw)
     except UserError as err:
         raise RunDirError(f"{run.config}: {err}") from None
-
-
-def _read_yaml(path: Path) -> Dict[str, Any]:
-    import yaml
-
-    try:
-        return yaml.safe_load(path.read_text()) or {}
-    except (OSError, UnicodeDecodeError) as err:
-        raise RunDirError(f"{path}: cannot read ({err.__class__.__name__})") from None
-    except yaml.YAMLError:
-        raise RunDirError(f"{path}: not valid YAML") from None

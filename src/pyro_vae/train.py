@@ -1,4 +1,4 @@
-"""The SVI training loop: seeded minibatches, Adam on the ELBO, per-epoch metrics and exact checkpoints."""
+"""The SVI training loop: seeded minibatches, Adam on the ELBO, a stopping rule, per-epoch metrics and exact checkpoints."""
 
 from __future__ import annotations
 
@@ -24,10 +24,11 @@ from .build import build_vae
 from .config import Config
 from .data import Dataset, binarize_batch, load_data
 from .fused import adam, select_engine
-from .errors import RunDirError, UserError
+from .errors import RunDirError, UserError, one_line as _first_line
 from .model import VAE
 from .objectives import build_elbo, evaluation_elbo, kl_report
 from .rundir import RunDir
+from .stopping import EpochLimit, build_stopping
 
 EVAL_BATCH = 1024
 TIMING_FIELDS = ("seconds", "wall_time", "examples_per_second")  # the only metrics that differ run to run
@@ -83,11 +84,6 @@ def elbo_per_point(vae: VAE, elbo, x: torch.Tensor, batch_size: int = EVAL_BATCH
     finally:
         vae.kl_weight = weight
     return float(total) / len(x)
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return f"{err.__class__.__name__}: {text[0]}" if text else err.__class__.__name__
 
 
 @torch.no_grad()
@@ -157,10 +153,17 @@ class Trainer:
     gradients, so each step follows the single-process full-batch gradient (``distributed.py`` derives
     it). Ranks agree on NaN and signal stops through one small all-reduce per step; only rank 0 (the one
     given ``run``) prints and writes, and its checkpoint holds every rank's sampling state.
+
+    ``stopping`` (default: the rule ``cfg.train`` names, :func:`pyro_vae.stopping.build_stopping`) sees the
+    validation ELBO after every epoch and says when training ends and which step size Adam takes next; the
+    Trainer keeps a copy of the best epoch's parameters and, when the rule's ``restore_best`` is set, ends
+    with them. The rule's state, the step size (in Adam's state) and the best parameters are in every
+    checkpoint. The validation ELBO depends on the parameters alone (:meth:`validate`), and under
+    torch.distributed every rank takes rank 0's number, so every rank's rule decides alike.
     """
 
     def __init__(self, cfg: Config, data: Dataset, vae: VAE, run: Optional[RunDir] = None, progress: Optional[bool] = None,
-                 ctx: Optional[distributed.Context] = None):
+                 ctx: Optional[distributed.Context] = None, stopping: Optional[EpochLimit] = None):
         self.cfg, self.data, self.vae, self.run = cfg, data, vae, run
         self.ctx = ctx or distributed.current()
         self.device = next(vae.parameters()).device
@@ -174,7 +177,10 @@ class Trainer:
             self.module = distributed.wrap(vae, self.loss_fn, self.ctx, bool(self.unused_parameters()))
             # rank r > 0 samples z from its own stream; rank 0's is the single-process one
             torch.manual_seed(distributed.rank_seed(cfg.seed, self.ctx.rank))
-        self.optimizer = adam(vae.parameters(), lr=cfg.optim.lr)
+        self.stop_rule = stopping if stopping is not None else build_stopping(cfg.train, cfg.optim.lr)
+        self.optimizer = adam(vae.parameters(), lr=self.stop_rule.lr)
+        self.best: Optional[Dict[str, torch.Tensor]] = None  # the best validated epoch's state dict (restore_best)
+        self.restored = False  # whether the VAE now holds self.best, training being over
         self.order = torch.Generator().manual_seed(cfg.seed + 1)  # data order
         self.binarizer = torch.Generator().manual_seed(cfg.seed + 2)  # dynamic binarization
         self.epoch, self.step, self.metrics, self.seconds = 0, 0, [], 0.0
@@ -198,7 +204,9 @@ class Trainer:
                 "vae": self.vae.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "epoch": self.epoch, "step": self.step, "seconds": self.seconds, "metrics": self.metrics,
                 "current": None if self.current is None else dict(self.current),
-                "rng": rng_state(self.generators())}
+                "rng": rng_state(self.generators()),
+                "stopping": self.stop_rule.state_dict(), "best": self.best, "restored": self.restored,
+                "finished": self.finished}
 
     def load_state(self, state: Dict[str, Any]) -> None:
         """Continue from ``state`` (a checkpoint); a checkpoint that does not fit this run is a RunDirError."""
@@ -213,6 +221,8 @@ class Trainer:
             self.optimizer.load_state_dict(state["optimizer"])
             self.epoch, self.step, self.seconds = state["epoch"], state["step"], state["seconds"]
             self.metrics = list(state["metrics"])
+            self.stop_rule.load_state_dict(state["stopping"])
+            self.best, self.restored = state["best"], state["restored"]
             set_rng_state(state["rng"], self.generators())
             if self.ctx.distributed:
                 ranks = state["rng"].get("torch_ranks")
@@ -260,6 +270,11 @@ class Trainer:
     def stopping(self) -> Optional[int]:
         """The signal to stop on: this process's, or under torch.distributed the one the ranks agreed on."""
         return self.stop_agreed if self.ctx.distributed else self.stop_signal
+
+    @property
+    def finished(self) -> bool:
+        """Training is over: the stopping rule ended it at an epoch's end (what ``resume`` checks)."""
+        return self.current is None and self.stop_rule.stopped
 
     # -- the loop ----------------------------------------------------------------------------
     def kl_weight(self) -> float:
@@ -423,23 +438,65 @@ class Trainer:
             with self.catch_signals(), warnings.catch_warnings(), pyro.validation_enabled(cfg.train.validate_args):
                 # the guard below reports a NaN loss itself, naming the site; Pyro's multi-line warning would not
                 warnings.filterwarnings("ignore", "Encountered NaN", UserWarning)
-                while self.epoch < cfg.train.epochs:
+                while not self.stop_rule.stopped:
                     bar.set_description(f"epoch {self.epoch + 1}/{cfg.train.epochs}")
                     self.end_epoch(self.train_epoch(bar if self.progress else None), bar)
                     if self.stopping() is not None:
                         self.interrupt()
         finally:
             bar.close()
+        self.conclude()
         return self.metrics
+
+    def say(self, message: str, bar=None) -> None:
+        """One line for the user from rank 0: above the progress bar, or on stdout beside the epoch lines."""
+        if self.progress and bar is not None:
+            bar.write(message, file=sys.stderr)
+        elif self.ctx.is_main:
+            print(message, flush=True)
+
+    @torch.no_grad()
+    def validate(self) -> float:
+        """The validation ELBO (nats per point; the training split when there is no validation split) of the
+        current parameters, its z drawn from a stream seeded by ``cfg.seed`` alone and the training stream left
+        untouched: equal parameters score equally, so epochs differ by their parameters and not their draws,
+        and restored best parameters score their recorded value. Under torch.distributed every rank returns
+        rank 0's number (one small collective), so the stopping rule decides alike on every rank."""
+        val = self.data.val if len(self.data.val) else self.data.train
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            torch.manual_seed(self.cfg.seed + 3)
+            elbo = elbo_per_point(self.vae, self.eval_elbo, val)
+        return self.ctx.gather(elbo)[0] if self.ctx.distributed else elbo
+
+    def set_lr(self, lr: float) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+
+    def conclude(self) -> None:
+        """Training is over: say why and, with ``restore_best``, load the best epoch's parameters and checkpoint them
+        (once: a resumed run that had stopped only does what is left)."""
+        rule = self.stop_rule
+        why = {"plateau": f"no validation ELBO improvement > {rule.min_delta:g} nats in {rule.patience} epochs "
+                          f"at the floor step size {rule.lr:g}",
+               "max_epochs": f"reached train.epochs = {rule.max_epochs}"}.get(rule.reason, rule.reason)
+        if rule.restore_best and self.best is not None and not self.restored:
+            self.vae.load_state_dict(self.best)
+            self.restored = True
+            self.save()
+        kept = f"; restored the parameters of epoch {rule.best_epoch} (best validation ELBO {rule.best:.3f})" \
+            if self.restored else ""
+        self.say(f"stopped after epoch {self.epoch}: {why}{kept}")
 
     def end_epoch(self, train_elbo: float, bar) -> None:
         """Validate, record the epoch's metrics, then checkpoint (before metrics.jsonl, which never runs ahead)."""
-        cfg, cur = self.cfg, self.current
-        val = self.data.val if len(self.data.val) else self.data.train
-        val_elbo = elbo_per_point(self.vae, self.eval_elbo, val)
+        cfg, cur, rule = self.cfg, self.current, self.stop_rule
+        val_elbo = self.validate()
         self.epoch += 1
         self.seconds += cur["seconds"]
-        row = {"epoch": self.epoch, "step": self.step, "train_elbo": train_elbo, "val_elbo": val_elbo,
+        lr = rule.lr  # the step size this epoch took
+        if rule.update(self.epoch, val_elbo) and rule.restore_best:
+            self.best = {k: v.detach().clone() for k, v in self.vae.state_dict().items()}
+        row = {"epoch": self.epoch, "step": self.step, "train_elbo": train_elbo, "val_elbo": val_elbo, "lr": lr,
                "seconds": cur["seconds"], "wall_time": self.seconds,
                "examples_per_second": len(self.data.train) / max(cur["seconds"], 1e-9), "kl_weight": self.kl_weight(),
                "skipped_steps": cur["skipped"]}
@@ -451,6 +508,10 @@ class Trainer:
         elif self.ctx.is_main:
             print(f"epoch {self.epoch:>4}/{cfg.train.epochs}  train_elbo {train_elbo:10.3f}  "
                   f"val_elbo {val_elbo:10.3f}  {row['examples_per_second']:8.0f} ex/s", flush=True)
+        if rule.lr != lr:
+            self.set_lr(rule.lr)
+            self.say(f"step size {lr:g} -> {rule.lr:g}: no validation ELBO improvement > {rule.min_delta:g} nats "
+                     f"in {rule.patience} epochs", bar)
         self.save()
         if self.run is not None:
             self.run.write_metrics(self.metrics)
@@ -463,19 +524,29 @@ def prepare(cfg: Config, device: Optional[torch.device] = None):
     seed_everything(cfg.seed)
     vae = build_vae(cfg, data.x_dim, data.image_shape)
     vae.to(device if device is not None else distributed.resolve_device(cfg.train.device))
-    if cfg.data.binarize == "none":
-        vae.likelihood.check_data(data.train, where=f"data '{cfg.data.name}'")
+    if cfg.data.binarize == "none":  # binarized splits are in {0, 1}; dynamic binarization keeps train grey on purpose
+        path = cfg.data.model_dump().get("path")
+        for split, x in data.splits().items():
+            vae.likelihood.check_data(x, where=f"data '{cfg.data.name}' {split} split" + (f" of {path}" if path else ""))
     return data, vae
 
 
 def summarize(trainer: Trainer) -> Dict[str, Any]:
-    """Final numbers of a finished run (nats per data point) and the per-site KL report."""
-    vae, data, cfg = trainer.vae, trainer.data, trainer.cfg
+    """Final numbers of a finished run (nats per data point) and the per-site KL report.
+
+    ``train_elbo`` and ``val_elbo`` are those of the epoch whose parameters the run ends with (the best
+    epoch's when they were restored), ``test_elbo`` is computed from them; ``stopped`` says which rule
+    ended training, why, where, and whether the best parameters were restored; ``converged`` is the
+    rule's verdict (the last ``patience`` epochs raised the best validation ELBO by at most ``min_delta``).
+    """
+    vae, data, cfg, rule = trainer.vae, trainer.data, trainer.cfg, trainer.stop_rule
     probe = data.train[: min(len(data.train), 16)].to(trainer.device)
-    last = trainer.metrics[-1]
+    last = next(r for r in trainer.metrics if r["epoch"] == rule.best_epoch) if trainer.restored else trainer.metrics[-1]
     return {
         "epochs": trainer.epoch,
         "steps": trainer.step,
+        "stopped": {**rule.summary(), "restored_best": trainer.restored},
+        "converged": rule.converged,
         "train_elbo": last["train_elbo"],
         "val_elbo": last["val_elbo"],
         "test_elbo": elbo_per_point(vae, trainer.eval_elbo, data.test) if len(data.test) else None,

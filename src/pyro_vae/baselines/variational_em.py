@@ -177,7 +177,7 @@ def fit(cfg: Config, data: Dataset, *, amortized: bool, epochs: Optional[int] = 
     if data.binarize == "dynamic":
         raise ConfigError("data.binarize: variational EM keeps one q per training point; use static, not dynamic")
     seed_everything(cfg.seed)
-    vae = build_vae(cfg, data.x_dim)
+    vae = build_vae(cfg, data.x_dim, data.image_shape)
     elbo = build_elbo(cfg.inference)
     x = data.train
     order = torch.Generator().manual_seed(cfg.seed + 1)  # the same data order as Trainer

@@ -12,6 +12,7 @@ Writes OUT/comparison.json (one row per method), OUT/comparison.md (a table) and
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 
@@ -44,8 +45,8 @@ def run(args) -> int:
     cfg = load(args.config, args.overrides)
     for flag, value in (("--epochs", args.epochs), ("--seconds", args.seconds), ("--samples", args.samples),
                         ("--grad-samples", args.grad_samples)):
-        if value is not None and value <= (1 if flag == "--grad-samples" else 0):
-            raise ConfigError(f"{flag} {value}: must be > {1 if flag == '--grad-samples' else 0}")
+        if value is not None and not (math.isfinite(value) and value > (1 if flag == "--grad-samples" else 0)):
+            raise ConfigError(f"{flag} {value}: must be a finite number > {1 if flag == '--grad-samples' else 0}")
     names = [n.strip() for n in args.methods.split(",") if n.strip()]
     methods = resolve_methods(names, args.method_sets)
     epochs = args.epochs if args.epochs is not None or args.seconds is not None else cfg.train.epochs

@@ -8,6 +8,7 @@ instead. Either way the run directory, its metrics and its checkpoints are those
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from .. import distributed
 from ..config import load
@@ -32,6 +33,9 @@ def add_arguments(p) -> None:
 
 def run(args) -> int:
     cfg = load(args.config, args.overrides)  # a config error surfaces once, before any process starts
+    if args.overwrite and args.config and args.out and _same_file(args.config, Path(args.out) / "config.yaml"):
+        raise ConfigError(f"{args.config}: is the config.yaml that --overwrite would replace with the resolved "
+                          f"config (comments lost); copy it elsewhere first, or choose another --out")
     if args.nproc > 1:
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
             raise ConfigError("--nproc: this process was already launched by torchrun; drop --nproc")
@@ -44,6 +48,13 @@ def run(args) -> int:
     result = train_run(cfg, args.out, overwrite=args.overwrite, progress=False if args.no_progress else None)
     print_summary(result.path, result.summary)
     return 0
+
+
+def _same_file(a, b) -> bool:
+    try:
+        return Path(b).exists() and Path(a).samefile(b)
+    except OSError:
+        return False
 
 
 def run_rank(args) -> int:
@@ -60,7 +71,15 @@ def print_summary(path, s) -> None:
     test = f"{s['test_elbo']:.3f}" if s["test_elbo"] is not None else "n/a"
     print(f"ELBO (nats per data point): train {s['train_elbo']:.3f}  val {s['val_elbo']:.3f}  test {test}")
     print(f"{s['epochs']} epochs in {s['seconds']:.1f} s ({s['examples_per_second']:.0f} examples/s)")
+    st = s["stopped"]  # why training ended, and which parameters it kept
+    why = {"plateau": f"validation ELBO flat (< {st['min_delta']:g} nats in {st['patience']} epochs) at the floor step "
+                      f"size {st['final_lr']:g}",
+           "max_epochs": f"reached train.epochs (step size {st['final_lr']:g})"}.get(st["reason"], str(st["reason"]))
+    kept = f"kept epoch {st['best_epoch']}'s parameters (best val {st['best_val_elbo']:.3f})" if st["restored_best"] \
+        else "kept the last epoch's parameters"
+    print(f"stopped: {why}; {kept}; {'converged' if s['converged'] else 'NOT converged'}")
     print(f"run directory: {path}")
     print(f"  summary: {path / 'summary.json'}")
     print(f"  metrics: {path / 'metrics.jsonl'}")
     print(f"  plots:   {', '.join(str(path / p) for p in s['plots'])}")
+

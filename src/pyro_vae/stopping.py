@@ -1,0 +1,154 @@
+"""Stopping rules: after each epoch, from the validation ELBO, whether training stops, the next step size, and the best epoch."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Dict, Optional
+
+
+class EpochLimit:
+    r"""Train ``max_epochs`` epochs at the step size ``lr``; keep the bookkeeping every rule shares.
+
+    After epoch :math:`t` the Trainer calls :meth:`update` with the validation ELBO :math:`L_t` (nats per
+    data point, higher is better). The rule keeps
+
+    - the best epoch :math:`t^* = \arg\max_{s \le t} L_s` (the earliest of equals) and :math:`L_{t^*}`;
+      with ``restore_best`` the Trainer ends with that epoch's parameters;
+    - the reference :math:`r`, the ELBO of the last *improving* epoch, and ``wait``, the number of epochs
+      since it. Epoch :math:`t` improves when
+
+      .. math:: L_t > r + \delta \qquad (\delta = \texttt{min\_delta}),
+
+      so the first finite :math:`L_t` always does (:math:`r = -\infty` at the start) and a NaN never does.
+
+    ``converged`` is ``wait >= patience``: each of the last ``patience`` epochs stayed at or below
+    :math:`r + \delta` while the best before them was at least :math:`r`, so together they raised the best
+    ELBO by at most :math:`\delta` nats per point. This rule never changes the step size and stops only at
+    ``max_epochs`` (``reason = "max_epochs"``).
+
+    The state (:meth:`state_dict`) is plain numbers, so a checkpoint carries it and a resumed run decides as
+    the uninterrupted one would. Every decision is a function of the sequence :math:`L_1, L_2, \dots` alone:
+    processes that see the same sequence (the ranks under ``torch.distributed``) decide alike.
+    """
+
+    name = "epochs"
+
+    def __init__(self, max_epochs: int, lr: float, patience: int = 10, min_delta: float = 0.0,
+                 restore_best: bool = True):
+        if not (isinstance(max_epochs, int) and max_epochs >= 1):
+            raise ValueError(f"max_epochs: expected a positive integer, got {max_epochs!r}")
+        if not (isinstance(patience, int) and patience >= 1):
+            raise ValueError(f"patience: expected a positive integer, got {patience!r}")
+        if not (math.isfinite(lr) and lr > 0):
+            raise ValueError(f"lr: expected a positive finite number, got {lr!r}")
+        if not (math.isfinite(min_delta) and min_delta >= 0):
+            raise ValueError(f"min_delta: expected a non-negative finite number, got {min_delta!r}")
+        self.max_epochs, self.patience, self.min_delta, self.restore_best = max_epochs, patience, min_delta, restore_best
+        self.lr = lr  # the step size of the next epoch
+        self.epoch = 0  # the last epoch recorded
+        self.best, self.best_epoch = -math.inf, 0  # best validation ELBO and its epoch (0: none yet)
+        self.reference, self.wait = -math.inf, 0  # ELBO of the last improving epoch; epochs since it
+        self.reason: Optional[str] = None  # why training stopped; None while it goes on
+
+    @property
+    def stopped(self) -> bool:
+        return self.reason is not None
+
+    @property
+    def converged(self) -> bool:
+        """The last ``patience`` epochs raised the best validation ELBO by at most ``min_delta``."""
+        return self.wait >= self.patience
+
+    def update(self, epoch: int, val_elbo: float) -> bool:
+        """Record epoch ``epoch``'s validation ELBO and decide; True when it is the best so far (keep its parameters)."""
+        if self.stopped:
+            raise RuntimeError(f"update after the rule stopped training ({self.reason} at epoch {self.epoch})")
+        self.epoch = epoch
+        is_best = val_elbo > self.best
+        if is_best:
+            self.best, self.best_epoch = float(val_elbo), epoch
+        if val_elbo > self.reference + self.min_delta:
+            self.reference, self.wait = float(val_elbo), 0
+        else:
+            self.wait += 1
+        last = epoch >= self.max_epochs
+        self.reason = self._decide(last) or ("max_epochs" if last else None)
+        return is_best
+
+    def _decide(self, last: bool) -> Optional[str]:
+        """A rule's own decision after the bookkeeping: a reason to stop, or None (and possibly a new ``lr``,
+        never after the ``last`` epoch)."""
+        return None
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {"rule": self.name, "lr": self.lr, "epoch": self.epoch, "best": self.best, "best_epoch": self.best_epoch,
+                "reference": self.reference, "wait": self.wait, "reason": self.reason}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        if state["rule"] != self.name:
+            raise ValueError(f"the checkpoint's stopping rule is '{state['rule']}', this run's is '{self.name}'")
+        self.lr, self.epoch, self.best, self.best_epoch = state["lr"], state["epoch"], state["best"], state["best_epoch"]
+        self.reference, self.wait, self.reason = state["reference"], state["wait"], state["reason"]
+
+    def summary(self) -> Dict[str, Any]:
+        """Why and where training stopped, for summary.json."""
+        return {"rule": self.name, "reason": self.reason, "epoch": self.epoch, "best_epoch": self.best_epoch,
+                "best_val_elbo": self.best if self.best_epoch else None, "final_lr": self.lr,
+                "patience": self.patience, "min_delta": self.min_delta}
+
+
+class Plateau(EpochLimit):
+    r"""Reduce the step size on a plateau of the validation ELBO, and stop on a plateau at the floor.
+
+    With the bookkeeping of :class:`EpochLimit` (an improvement is :math:`L_t > r + \delta`), when
+    ``wait`` reaches ``patience``:
+
+    - if :math:`\eta > \eta_{min}` (``lr > min_lr``), cut it, :math:`\eta \leftarrow \max(\gamma\eta,\
+      \eta_{min})` with :math:`\gamma` = ``factor`` in (0, 1), and start ``wait`` again from 0: every step
+      size gets ``patience`` epochs to improve;
+    - if :math:`\eta = \eta_{min}` already, stop (``reason = "plateau"``; then ``converged`` holds).
+
+    So training ends ``patience`` epochs without improvement after the step size reached ``min_lr``, after
+    at most :math:`\lceil \log(\eta_{min}/\eta_0) / \log\gamma \rceil` cuts, or at ``max_epochs``
+    (``reason = "max_epochs"``), whichever comes first. ``min_lr >= lr`` means no cuts: the first plateau
+    stops training (plain early stopping). The reference :math:`r` is kept across a cut, so a cut that
+    merely holds the ELBO level does not count as an improvement.
+
+    References: the reduce-on-plateau schedule of ``torch.optim.lr_scheduler.ReduceLROnPlateau``; early
+    stopping with restored best weights as in Prechelt, "Early Stopping - But When?" (1998).
+    """
+
+    name = "plateau"
+
+    def __init__(self, max_epochs: int, lr: float, patience: int = 10, min_delta: float = 0.0,
+                 factor: float = 0.5, min_lr: float = 0.0, restore_best: bool = True):
+        super().__init__(max_epochs, lr, patience, min_delta, restore_best)
+        if not (0.0 < factor < 1.0):
+            raise ValueError(f"factor: expected a number in (0, 1), got {factor!r}")
+        if not (math.isfinite(min_lr) and min_lr >= 0):
+            raise ValueError(f"min_lr: expected a non-negative finite number, got {min_lr!r}")
+        self.factor, self.min_lr = factor, min_lr
+
+    def _decide(self, last: bool) -> Optional[str]:
+        if self.wait < self.patience:
+            return None
+        if self.lr <= self.min_lr:
+            return "plateau"
+        if not last:
+            self.lr, self.wait = max(self.lr * self.factor, self.min_lr), 0
+        return None
+
+    def summary(self) -> Dict[str, Any]:
+        return {**super().summary(), "factor": self.factor, "min_lr": self.min_lr}
+
+
+RULES = {"epochs": EpochLimit, "plateau": Plateau}
+
+
+def build_stopping(train, lr: float) -> EpochLimit:
+    """The rule ``train.stop`` names, from the ``train`` config section; ``lr`` is the first step size."""
+    common = dict(max_epochs=train.epochs, lr=lr, patience=train.patience, min_delta=train.min_delta,
+                  restore_best=train.restore_best)
+    if train.stop == "plateau":
+        return Plateau(**common, factor=train.lr_factor, min_lr=train.min_lr)
+    return RULES[train.stop](**common)
