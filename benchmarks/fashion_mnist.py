@@ -44,7 +44,8 @@ def config(objective: str, num_particles: int, args) -> Dict:
             "guide": {"hidden": HIDDEN, "activation": "tanh"},
             "inference": {"objective": objective, "num_particles": num_particles},
             "optim": {"lr": args.lr},
-            "train": {"epochs": args.epochs, "batch_size": args.batch_size}}
+            # a fixed budget, the same for every model (and for the hand-written reference): no early stop
+            "train": {"epochs": args.epochs, "batch_size": args.batch_size, "stop": "epochs", "restore_best": False}}
 
 
 @torch.no_grad()

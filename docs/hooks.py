@@ -33,6 +33,8 @@ PACKAGE_PARENT = ROOT / "src"  # the folder holding pyro_vae/ in this tree: the 
 MARKER = re.compile(r"<!-- generated: (\w+) -->")
 SOURCE = re.compile(r"<!-- source: ([\w.]+) -->")
 DOCSTRING = re.compile(r"<!-- docstring: ([\w.]+) -->")
+ROLE = re.compile(r":(?:func|class|meth|mod|attr|data|obj|exc|ref):`(~?)([^`]+)`")  # reST cross-reference
+MATH = re.compile(r"(\s*)\.\. math::\s*(.*)$")  # reST display math: a formula on this line and/or indented below
 
 
 def _import_from_tree() -> None:
@@ -175,10 +177,6 @@ def source(dotted: str) -> str:
             f"```python linenums=\"{first}\"\n{''.join(lines).rstrip()}\n```\n")
 
 
-ROLE = re.compile(r":(?:func|class|meth|mod|attr|data|obj|exc|ref):`(~?)([^`]+)`")
-DIRECTIVE = re.compile(r"(\s*)\.\. math::\s*(.*)$")
-
-
 def _indented_block(lines: list[str], start: int, indent: int) -> tuple[list[str], int]:
     """The lines from ``start`` indented deeper than ``indent`` (blank lines included), dedented, and the index after them."""
     end = start
@@ -211,7 +209,7 @@ def rst_to_markdown(text: str) -> str:
     lines, out, i = text.splitlines(), [], 0
     while i < len(lines):
         line = lines[i]
-        math = DIRECTIVE.match(line)
+        math = MATH.match(line)
         if math:
             indent = math.group(1)
             body, i = _indented_block(lines, i + 1, len(indent))

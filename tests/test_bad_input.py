@@ -63,6 +63,7 @@ def unfinish(run):
 # (case, how to break the copied run directory ``run`` (root: its parent), expected message)
 RUN_DIR_CASES = [
     ("missing directory", lambda run: shutil.rmtree(run), "run: run directory not found"),
+    ("a file, not a directory", lambda run: [shutil.rmtree(run), run.write_text("x")], "run: is a file, not a run directory"),
     ("no config.yaml", lambda run: (run / "config.yaml").unlink(), "run: not a run directory (no config.yaml)"),
     ("config.yaml not YAML", lambda run: (run / "config.yaml").write_text("seed: [\n"), "config.yaml: not valid YAML"),
     ("config.yaml unknown key", lambda run: edit_yaml(run / "config.yaml", train__epoks=3),

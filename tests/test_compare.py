@@ -96,3 +96,19 @@ def test_method_sets_are_validated_before_any_training(tmp_path):
                   "--epochs", "1", "--out", tmp_path / "x")
     assert res.returncode == 2 and "method 'bad': inference.alpha" in res.stderr
     assert "[1/" not in res.stderr and not (tmp_path / "x").exists()
+
+
+def test_conv_models_train_inside_compare_on_digits(tmp_path):
+    """The conv pair needs the image shape: compare builds every method's VAE as `train` does."""
+    cfg = validate_config({"model": {"decoder": {"name": "conv", "channels": [4]}},
+                           "guide": {"name": "conv", "channels": [4]}, "train": {"batch_size": 256}})
+    report = compare(cfg, resolve_methods(["analytic_kl"]), Budget(epochs=1, eval_samples=3, grad_samples=2),
+                     tmp_path / "out", verbose=False)
+    assert report["methods"][0]["iterations"] == 6 and (tmp_path / "out" / "comparison.md").is_file()
+
+
+def test_a_method_refused_before_training_leaves_no_output_folder(tmp_path):
+    cfg = validate_config({"data": {"name": "synthetic", "n": 60, "x_dim": 3}})
+    with pytest.raises(ConfigError, match="method 'convy': .*conv"):
+        compare(cfg, resolve_methods([], ["convy:model.decoder.name=conv"]), Budget(epochs=1), tmp_path / "out", verbose=False)
+    assert not (tmp_path / "out").exists()

@@ -117,6 +117,56 @@ def test_signal_writes_a_resumable_checkpoint(reference, tmp_path, sig, status):
     assert_same_run(out, reference)
 
 
+# The plateau rule at work: three cuts of the step size (0.03 -> 0.015 -> 0.0075 -> 0.005, the floor) and a stop
+# some epochs after the best one, well before the cap, whose parameters are then restored
+PLATEAU = [s for s in SETTINGS if not s.startswith("train.epochs")] + [
+    "train.epochs=60", "optim.lr=0.03", "train.patience=3", "train.min_delta=0.1", "train.min_lr=0.005"]
+
+
+@pytest.fixture(scope="module")
+def plateau_reference(tmp_path_factory):
+    out = tmp_path_factory.mktemp("plateau") / "run"
+    proc = start("train", *[a for s in PLATEAU for a in ("--set", s)], "--no-progress", "--out", out)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    state = RunDir(out).load_checkpoint(quiet=True)
+    rows = metrics(out)
+    cuts = [a["epoch"] for a, b in zip(rows, rows[1:]) if b["lr"] != a["lr"]]  # epochs whose end cut the step size
+    assert state["stopping"]["reason"] == "plateau" and state["restored"] and len(cuts) >= 2
+    assert state["stopping"]["best_epoch"] < state["epoch"] < 60
+    return out, cuts, state["epoch"]
+
+
+def test_sigkill_while_the_plateau_rule_cuts_the_step_size_then_resume_is_bitwise_exact(plateau_reference, tmp_path):
+    """Kills just after two epochs that cut the step size and just after the last epoch (while the best parameters
+    are restored and the summary written): the resumed run ends where the uninterrupted one did."""
+    reference, cuts, last = plateau_reference
+    rng = random.Random(7)
+    out = tmp_path / "run"
+    settings = [a for s in PLATEAU for a in ("--set", s)]
+    proc = start("train", *settings, "--no-progress", "--out", out)
+    kills = 0
+    for target in sorted(rng.sample(cuts, 2)) + [last]:
+        wait_for_epoch(proc, target)
+        time.sleep(rng.uniform(0.0, 0.02))
+        if proc.poll() is None:
+            proc.kill()
+            kills += 1
+        proc.communicate(timeout=300)
+        proc = start("resume", out, "--no-progress")
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    assert kills >= 2
+    ours, theirs = RunDir(out).load_checkpoint(quiet=True), RunDir(reference).load_checkpoint(quiet=True)
+    for name, tensor in theirs["vae"].items():
+        assert torch.equal(ours["vae"][name], tensor), name
+    assert ours["stopping"] == theirs["stopping"] and ours["restored"] and ours["finished"]
+    assert ours["optimizer"]["param_groups"][0]["lr"] == theirs["optimizer"]["param_groups"][0]["lr"] == 0.005
+    assert metrics(out) == metrics(reference)
+    summary = lambda path: yaml.safe_load((path / "summary.json").read_text())
+    assert summary(out)["stopped"] == summary(reference)["stopped"]
+
+
 @pytest.fixture
 def tiny(tmp_path):
     """A config factory for in-process runs: 300 grey points in [0, 1]^8, dynamically binarized, 6 steps per epoch."""
@@ -174,6 +224,18 @@ def test_same_config_and_seed_give_the_same_metrics(tiny):
 def test_resuming_a_finished_run_changes_nothing(tmp_path, tiny, capsys):
     train_run(tiny("train.epochs=1"), tmp_path / "done", progress=False)
     before = {p: p.read_bytes() for p in (tmp_path / "done").rglob("*") if p.is_file()}
+    assert main(["resume", str(tmp_path / "done")]) == 0
+    assert "already finished; nothing to do" in capsys.readouterr().out
+    assert {p: p.read_bytes() for p in (tmp_path / "done").rglob("*") if p.is_file()} == before
+
+
+def test_resuming_a_run_the_plateau_rule_stopped_changes_nothing(tmp_path, tiny, capsys):
+    train_run(tiny("train.epochs=200", "train.patience=1", "train.min_delta=0", "train.min_lr=1"), tmp_path / "done",
+              progress=False)
+    state = RunDir(tmp_path / "done").load_checkpoint(quiet=True)
+    assert state["finished"] and state["stopping"]["reason"] == "plateau" and state["epoch"] < 200
+    before = {p: p.read_bytes() for p in (tmp_path / "done").rglob("*") if p.is_file()}
+    capsys.readouterr()
     assert main(["resume", str(tmp_path / "done")]) == 0
     assert "already finished; nothing to do" in capsys.readouterr().out
     assert {p: p.read_bytes() for p in (tmp_path / "done").rglob("*") if p.is_file()} == before

@@ -74,3 +74,15 @@ def test_train_step_is_the_plain_adam_step_on_the_fused_loss(validate_args):
             torch.testing.assert_close(loss, want.detach(), rtol=1e-6, atol=1e-6)
     for (name, a), b in zip(vae.named_parameters(), twin.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7, msg=lambda m: f"{name}: {m}")
+
+
+def test_a_trainer_follows_the_stopping_rule_it_is_handed():
+    """The rule passed in, not the config's, sets the step size and the number of epochs."""
+    from pyro_vae.stopping import EpochLimit
+
+    cfg = validate_config({**TINY, "train": {**TINY["train"], "epochs": 50}})
+    data, vae = prepare(cfg)
+    trainer = Trainer(cfg, data, vae, progress=False, stopping=EpochLimit(max_epochs=2, lr=0.02, restore_best=False))
+    rows = trainer.fit()
+    assert [r["epoch"] for r in rows] == [1, 2] and [r["lr"] for r in rows] == [0.02, 0.02]
+    assert trainer.optimizer.param_groups[0]["lr"] == 0.02 and trainer.finished and not trainer.restored

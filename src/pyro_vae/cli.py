@@ -34,14 +34,16 @@ def parser() -> argparse.ArgumentParser:
         mod = importlib.import_module(f"pyro_vae.commands.{module}")
         sp = sub.add_parser(name, help=mod.__doc__.splitlines()[0], description=mod.__doc__)
         mod.add_arguments(sp)
-        sp.set_defaults(_run=mod.run, _parser=sp)
+        sp.set_defaults(_run=mod.run)
     return p
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    args, unknown = parser().parse_known_args(argv)
+    p = parser()
+    args, unknown = p.parse_known_args(argv)
     if unknown:  # said by the subcommand's parser, so the hint points to its own --help
-        args._parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+        sub = next(a for a in p._actions if isinstance(a, argparse._SubParsersAction))
+        sub.choices[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         return args._run(args)
     except (UserError, OSError) as err:

@@ -57,7 +57,7 @@ class DataConfig(Section):
 class ModelConfig(Section):
     """``model``: the generative model p(z) p(x|z)."""
 
-    latent_dim: PositiveInt = 2  # dimension of z; 2 draws the latent scatter plot
+    latent_dim: PositiveInt = 2  # dimension of z (latent.png shows 1 or 2 dimensions as they are, more on their first two principal axes)
     prior: Spec = {"name": "normal"}  # p(z): a registered prior and its keys
     decoder: Spec = {"name": "mlp"}  # g(z; theta): a registered decoder and its keys
     likelihood: Spec = {"name": "normal"}  # p(x | g(z)): a registered likelihood and its keys
@@ -110,7 +110,7 @@ class InferenceConfig(Section):
 class OptimConfig(Section):
     """``optim``: Adam and optional gradient-norm clipping."""
 
-    lr: PositiveFloat = 1e-3  # Adam learning rate
+    lr: PositiveFloat = 3e-3  # Adam's first step size (train.stop: plateau cuts it towards train.min_lr)
     clip_norm: Optional[PositiveFloat] = None  # clip the global gradient norm to this (null: no clipping)
 
 
@@ -119,7 +119,7 @@ class TrainConfig(Section):
 
     epochs: PositiveInt = 1000  # the most passes over the training split (stop: epochs runs exactly this many)
     stop: Literal["plateau", "epochs"] = "plateau"  # plateau: cut the step size when the validation ELBO stops improving, stop once it stops at min_lr; epochs: run all train.epochs
-    patience: PositiveInt = 10  # epochs without an improvement before a cut (or, at min_lr, the stop); with stop: epochs, only for summary.json's converged
+    patience: PositiveInt = 20  # epochs without an improvement before a cut (or, at min_lr, the stop); with stop: epochs, only for summary.json's converged
     min_delta: float = Field(0.1, ge=0.0)  # an improvement: validation ELBO more than this above the last improving epoch's (nats per point)
     lr_factor: float = Field(0.5, gt=0.0, lt=1.0)  # a cut multiplies the step size (optim.lr at the start) by this
     min_lr: float = Field(1e-4, ge=0.0)  # the step size is never cut below this; a plateau at it ends training (>= optim.lr: no cuts)
@@ -128,7 +128,7 @@ class TrainConfig(Section):
     validate_args: bool = False  # Pyro's distribution checks: on in tests, off in the hot loop for speed
     checkpoint_every_steps: Optional[PositiveInt] = None  # also checkpoint mid-epoch (None: at epoch ends only)
     on_nonfinite: Literal["stop", "skip"] = "stop"  # a NaN/inf loss or gradient: stop, or skip that step
-    engine: Literal["auto", "pyro", "fused"] = "auto"  # pyro: Pyro's ELBO; fused: the same ELBO without tracing (fused.py); auto: fused where it covers the objective
+    engine: Literal["auto", "pyro", "fused"] = "auto"  # pyro: Pyro's loss; fused: the same objective (elbo, iwae or renyi with the reparam estimator) without Pyro's tracing (fused.py); auto: fused where it covers the config, else pyro
     compile: bool = False  # torch.compile the fused loss and its backward (the first compile takes seconds to a minute)
     device: Literal["cpu", "cuda", "auto"] = "cpu"  # where parameters and batches live; auto: cuda if available
 

@@ -134,8 +134,8 @@ def fused_renyi_loss(vae: VAE, x: torch.Tensor, num_particles: int = 1, alpha: f
 
     .. math::
 
-        \log w_{kb} = \log p(x_b | z_{kb}) + eta\,[\log p(z_{kb}) - \log q(z_{kb}|x_b)], \qquad
-        \mathcal{L}_lpha = \sum_b rac{1}{1-lpha} \log rac{1}{K} \sum_k w_{kb}^{1-lpha}.
+        \log w_{kb} = \log p(x_b | z_{kb}) + \beta\,[\log p(z_{kb}) - \log q(z_{kb}|x_b)], \qquad
+        \mathcal{L}_\alpha = \sum_b \frac{1}{1-\alpha} \log \frac{1}{K} \sum_k w_{kb}^{1-\alpha}.
 
     The same draws as Pyro's vectorized particle plate for the same seed (``q.rsample((K,))``).
     """
@@ -222,7 +222,7 @@ LossFn = Callable[[torch.Tensor, float], torch.Tensor]
 def select_engine(cfg, vae: VAE, elbo, probe: torch.Tensor) -> tuple[str, LossFn]:
     """``(engine, loss)`` for ``cfg.train.engine``: ``loss(x, kl_weight)`` is minus the objective summed over ``x``.
 
-    ``auto`` takes the fused ELBO where it covers the config and Pyro's ``elbo`` otherwise;
+    ``auto`` takes the fused loss where it covers the config and Pyro's ``elbo`` otherwise;
     ``fused`` where it does not cover the config is a :class:`ConfigError`. ``pyro`` reads beta
     from ``vae.kl_weight`` (``poutine.scale``), the fused loss from its argument.
     """
@@ -234,7 +234,7 @@ def select_engine(cfg, vae: VAE, elbo, probe: torch.Tensor) -> tuple[str, LossFn
     if engine == "fused" and reason is not None:
         raise ConfigError(f"train.engine: 'fused' does not cover {reason}; use train.engine=auto or pyro")
     if compile_ and reason is not None:
-        raise ConfigError(f"train.compile: compiles the fused ELBO only, which does not cover {reason}; "
+        raise ConfigError(f"train.compile: compiles the fused loss only, which does not cover {reason}; "
                           f"set train.compile=false")
     if reason is not None:
         return "pyro", lambda x, kl_weight: elbo.differentiable_loss(vae.model, vae.guide, x)

@@ -24,11 +24,23 @@ def learning_curves(metrics: List[Dict], path: Path) -> Path:
         if later:
             lo, hi = min(later), max(later)
             ax.set_ylim(lo - 0.05 * (hi - lo + 1e-9), hi + 0.05 * (hi - lo + 1e-9))
+    _mark_schedule(ax, metrics)
     ax.set_xlabel("epoch")
     ax.set_ylabel("ELBO (nats per data point, higher is better)")
     ax.legend()
     ax.grid(alpha=0.3)
     return _save(fig, path)
+
+
+def _mark_schedule(ax, metrics: List[Dict]) -> None:
+    """Dotted lines where the step size was cut, and a dot on the best validation ELBO (the kept parameters)."""
+    cuts = [m["epoch"] for prev, m in zip(metrics, metrics[1:]) if m.get("lr") is not None and m.get("lr") != prev.get("lr")]
+    for i, epoch in enumerate(cuts):
+        ax.axvline(epoch - 0.5, color="grey", ls=":", lw=0.8, label="step size cut" if i == 0 else None)
+    finite = [m for m in metrics if np.isfinite(m["val_elbo"])]
+    if finite:
+        best = max(finite, key=lambda m: m["val_elbo"])
+        ax.plot([best["epoch"]], [best["val_elbo"]], "o", color="C1", ms=5, label=f"best validation (epoch {best['epoch']})")
 
 
 def image_grid(images: torch.Tensor, image_shape: Sequence[int], path: Path, title: str, ncols: int = 10) -> Path:

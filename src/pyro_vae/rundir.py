@@ -213,6 +213,8 @@ class RunDir:
     @classmethod
     def existing(cls, path: str | Path) -> "RunDir":
         run = cls(path)
+        if run.path.exists() and not run.path.is_dir():
+            raise RunDirError(f"{run.path}: is a file, not a run directory")
         if not run.path.is_dir():
             raise RunDirError(f"{run.path}: run directory not found")
         if not run.config.is_file():

@@ -7,8 +7,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-import torch
-
 from . import distributed, plots
 from .build import build_vae
 from .config import Config, dump, read_yaml, validate
@@ -56,8 +54,7 @@ def train_run(cfg: Config, out: Optional[str | Path] = None, overwrite: bool = F
         if run is not None:  # nothing half-written: an old run stays whole, a new folder goes
             run.abandon()
         raise
-    if run is not None:
-        ctx.on_main(run.commit)  # only now does an --overwrite replace the old run's files
+    ctx.on_main(lambda: run.commit())  # only now does an --overwrite replace the old run's files (a collective)
     trainer.fit()
     return finish(trainer, run, Path(out))
 
@@ -76,7 +73,7 @@ def resume_run(path: str | Path, progress: Optional[bool] = None) -> Optional[Ru
     if state.get("config_hash") != cfg.hash():
         raise RunDirError(f"{run.config}: differs from the config the checkpoint was trained with (hash "
                           f"{cfg.hash()} != {state.get('config_hash')}); restore it or start a new run with 'pyro-vae train'")
-    finished = state.get("epoch", 0) >= cfg.train.epochs and state.get("current") is None
+    finished = state.get("finished", False)
     if finished and run.summary.is_file():
         return None
     ctx.on_main(lambda: run.check_writable("resume writes checkpoints, metrics and plots there"))

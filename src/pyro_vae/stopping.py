@@ -103,10 +103,12 @@ class Plateau(EpochLimit):
     With the bookkeeping of :class:`EpochLimit` (an improvement is :math:`L_t > r + \delta`), when
     ``wait`` reaches ``patience``:
 
-    - if :math:`\eta > \eta_{min}` (``lr > min_lr``), cut it, :math:`\eta \leftarrow \max(\gamma\eta,\
-      \eta_{min})` with :math:`\gamma` = ``factor`` in (0, 1), and start ``wait`` again from 0: every step
-      size gets ``patience`` epochs to improve;
-    - if :math:`\eta = \eta_{min}` already, stop (``reason = "plateau"``; then ``converged`` holds).
+    - if :math:`\eta > \eta_{min}` (``lr > min_lr``), cut it,
+
+      .. math:: \eta \leftarrow \max(\gamma \eta, \eta_{min}) \qquad (\gamma = \texttt{factor} \in (0, 1)),
+
+      and start ``wait`` again from 0: every step size gets ``patience`` epochs to improve;
+    - if :math:`\eta \le \eta_{min}` already, stop (``reason = "plateau"``; then ``converged`` holds).
 
     So training ends ``patience`` epochs without improvement after the step size reached ``min_lr``, after
     at most :math:`\lceil \log(\eta_{min}/\eta_0) / \log\gamma \rceil` cuts, or at ``max_epochs``

@@ -439,10 +439,12 @@ class Trainer:
                 # the guard below reports a NaN loss itself, naming the site; Pyro's multi-line warning would not
                 warnings.filterwarnings("ignore", "Encountered NaN", UserWarning)
                 while not self.stop_rule.stopped:
-                    bar.set_description(f"epoch {self.epoch + 1}/{cfg.train.epochs}")
+                    bar.set_description(f"epoch {self.epoch + 1} (at most {cfg.train.epochs})")
                     self.end_epoch(self.train_epoch(bar if self.progress else None), bar)
                     if self.stopping() is not None:
                         self.interrupt()
+                bar.total = bar.n  # stopped by the rule before the cap: the bar ends full, not part-way
+                bar.refresh()
         finally:
             bar.close()
         self.conclude()
@@ -472,23 +474,25 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
 
+    def restore(self) -> None:
+        """Training is over: end with the best epoch's parameters (called before the last checkpoint, which then
+        holds them, so no moment exists at which a stopped run lacks them)."""
+        self.vae.load_state_dict(self.best)
+        self.restored = True
+
     def conclude(self) -> None:
-        """Training is over: say why and, with ``restore_best``, load the best epoch's parameters and checkpoint them
-        (once: a resumed run that had stopped only does what is left)."""
+        """Say why training stopped and which parameters it kept."""
         rule = self.stop_rule
         why = {"plateau": f"no validation ELBO improvement > {rule.min_delta:g} nats in {rule.patience} epochs "
                           f"at the floor step size {rule.lr:g}",
                "max_epochs": f"reached train.epochs = {rule.max_epochs}"}.get(rule.reason, rule.reason)
-        if rule.restore_best and self.best is not None and not self.restored:
-            self.vae.load_state_dict(self.best)
-            self.restored = True
-            self.save()
         kept = f"; restored the parameters of epoch {rule.best_epoch} (best validation ELBO {rule.best:.3f})" \
             if self.restored else ""
         self.say(f"stopped after epoch {self.epoch}: {why}{kept}")
 
     def end_epoch(self, train_elbo: float, bar) -> None:
-        """Validate, record the epoch's metrics, then checkpoint (before metrics.jsonl, which never runs ahead)."""
+        """Validate, let the stopping rule decide (a new step size; once it stops, the best parameters restored),
+        record the epoch's metrics, then checkpoint (before metrics.jsonl, which never runs ahead)."""
         cfg, cur, rule = self.cfg, self.current, self.stop_rule
         val_elbo = self.validate()
         self.epoch += 1
@@ -512,6 +516,8 @@ class Trainer:
             self.set_lr(rule.lr)
             self.say(f"step size {lr:g} -> {rule.lr:g}: no validation ELBO improvement > {rule.min_delta:g} nats "
                      f"in {rule.patience} epochs", bar)
+        if rule.stopped and rule.restore_best and self.best is not None:
+            self.restore()
         self.save()
         if self.run is not None:
             self.run.write_metrics(self.metrics)

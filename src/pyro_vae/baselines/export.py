@@ -99,7 +99,9 @@ def write_run(cfg: Config, data: Dataset, fit: Fit, out: str | Path, overwrite: 
     trainer.epoch = trainer.step = fit.iterations
     trainer.seconds = fit.history.seconds
     run.write_metrics(trainer.metrics)
-    run.save_checkpoint(trainer.state())
+    state = trainer.state()
+    state["finished"] = True  # an EM fit is final: `pyro-vae resume` must not train it on
+    run.save_checkpoint(state)
     summary = summarize(trainer)
     p = fit.params
     summary.update({
@@ -112,4 +114,5 @@ def write_run(cfg: Config, data: Dataset, fit: Fit, out: str | Path, overwrite: 
     })
     summary["plots"] = [str(q.relative_to(run.path)) for q in write_plots(run, vae, data, trainer.metrics)]
     run.write_summary(summary)
+    run.commit()  # an --overwrite of an earlier run: its files are replaced only now, the new run complete
     return Run(run.path, run_cfg, vae, data, trainer.metrics, summary)

@@ -2,7 +2,7 @@ r"""Variational EM with a non-amortized guide, against joint amortized SVI, for 
 
 Both maximize the same ELBO of the same model p(z) p(x|z; theta),
 
-.. math:: \mathcal{L}(\theta, q) = \sum_n \mathbb{E}_{q_n}[\log p(x_n|z_n;\theta)] - \mathrm{KL}(q_n \,\|\, p(z)),
+.. math:: \mathcal{L}(\theta, q) = \sum_n \big(\mathbb{E}_{q_n}[\log p(x_n|z_n;\theta)] - \mathrm{KL}(q_n \,\|\, p(z))\big),
 
 and differ in q and in the order of updates:
 

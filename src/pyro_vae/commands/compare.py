@@ -22,6 +22,11 @@ from ..methods import BUILTIN_SETS, METHODS, Budget, load_method_modules
 from .train import add_config_arguments
 
 
+# compare's methods train on their own fixed-budget loop (not train.stop's rule): train.epochs is a cap of 1000
+# for that rule, far too long as a fixed budget for every method
+DEFAULT_EPOCHS = 100
+
+
 def add_arguments(p) -> None:
     load_method_modules()
     add_config_arguments(p)
@@ -30,7 +35,8 @@ def add_arguments(p) -> None:
     p.add_argument("--method-set", dest="method_sets", action="append", default=[], metavar="NAME:KEY=VALUE[,KEY=VALUE...]",
                    help="define a method NAME as the base config with these overrides (repeatable)")
     budget = p.add_mutually_exclusive_group()
-    budget.add_argument("--epochs", type=int, metavar="N", help="train every method for N epochs (default: train.epochs)")
+    budget.add_argument("--epochs", type=int, metavar="N",
+                        help=f"train every method for N epochs (default: {DEFAULT_EPOCHS}, whatever train.epochs says)")
     budget.add_argument("--seconds", type=float, metavar="S", help="train every method for S seconds of wall-clock time")
     p.add_argument("--samples", type=int, default=1000, metavar="K", help="importance samples K of the test IWAE (default 1000)")
     p.add_argument("--grad-samples", type=int, default=50, metavar="R",
@@ -49,7 +55,7 @@ def run(args) -> int:
             raise ConfigError(f"{flag} {value}: must be a finite number > {1 if flag == '--grad-samples' else 0}")
     names = [n.strip() for n in args.methods.split(",") if n.strip()]
     methods = resolve_methods(names, args.method_sets)
-    epochs = args.epochs if args.epochs is not None or args.seconds is not None else cfg.train.epochs
+    epochs = args.epochs if args.epochs is not None or args.seconds is not None else DEFAULT_EPOCHS
     budget = Budget(epochs=epochs, seconds=args.seconds, eval_samples=args.samples, grad_samples=args.grad_samples)
     out = Path(args.out) if args.out else Path("runs") / f"compare-{time.strftime('%Y%m%d-%H%M%S')}"
     report = compare(cfg, methods, budget, out, overwrite=args.overwrite)
