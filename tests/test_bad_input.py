@@ -271,6 +271,8 @@ REFUSED_CASES = [
     ("--out exists without --overwrite", lambda root, d: ["train", "--out", root / "run"], "pass --overwrite or choose another --out"),
     ("argparse: unknown flag", lambda root, d: ["train", "--bogus"], "pyro-vae train: error: unrecognized arguments: --bogus"),
     ("argparse: bad int", lambda root, d: ["compare", "--epochs", "x"], "pyro-vae compare: error: argument --epochs: invalid int value"),
+    ("evaluate --seed beyond 32 bits", lambda root, d: ["evaluate", root / "run", "--seed", 2 ** 40],
+     f"--seed {2 ** 40}: must be in [0, {2 ** 32 - 1}]"),
     ("compare --seconds nan", lambda root, d: ["compare", "--seconds", "nan", "--out", d / "cmp"], "--seconds nan: must be a finite number > 0"),
     ("compare --seconds inf", lambda root, d: ["compare", "--seconds", "inf", "--out", d / "cmp"], "--seconds inf: must be a finite number > 0"),
     ("compare lr infinite", lambda root, d: ["compare", "--set", "optim.lr=.inf", "--out", d / "cmp"], "optim.lr: Input should be a finite number"),
@@ -427,3 +429,15 @@ def test_out_on_a_read_only_file_system_is_refused(tmp_path):
         pytest.skip(f"cannot make a private read-only mount here: {r.stderr.strip()}")
     assert r.returncode == 2 and r.stderr == (f"pyro-vae: error: --out {ro}/run: {ro} is not writable (permission denied "
                                               f"or a read-only file system); choose another --out\n")
+
+
+def test_a_config_that_asks_for_more_memory_than_there_is_is_one_line(tmp_path, capsys):
+    """10^10 particles of a 64-pixel image need ~4.7 TB: the allocation fails at once, said in one line with the keys
+    that multiply into memory (the run directory keeps its step-0 checkpoint, as any later error does)."""
+    capsys.readouterr()
+    code = main(["train", "--set", "inference.num_particles=10000000000", "--set", "train.epochs=1",
+                 "--set", "model.decoder.hidden=[4]", "--set", "guide.hidden=[4]", "--out", str(tmp_path / "run"),
+                 "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("pyro-vae: error: out of memory: an allocation failed ("), err
+    assert "inference.num_particles" in err[0]

@@ -8,7 +8,7 @@ import os
 import sys
 from typing import List, Optional
 
-from .errors import UserError, file_system_error
+from .errors import UserError, file_system_error, out_of_memory
 
 # name -> module in pyro_vae.commands defining ``add_arguments(parser)`` and ``run(args) -> int``
 COMMANDS = {
@@ -52,6 +52,13 @@ def main(argv: Optional[List[str]] = None) -> int:
         if _is_rank_zero():  # under torchrun every rank raises the same error: say it once
             print(f"pyro-vae: error: {err}", file=sys.stderr)
         return err.exit_code
+    except (MemoryError, RuntimeError) as err:  # a config asking for more memory than there is: one line too
+        oom = out_of_memory(err)
+        if oom is None:
+            raise
+        if _is_rank_zero():
+            print(f"pyro-vae: error: {oom}", file=sys.stderr)
+        return oom.exit_code
     except KeyboardInterrupt:
         if _is_rank_zero():
             print("pyro-vae: interrupted", file=sys.stderr)

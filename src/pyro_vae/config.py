@@ -26,6 +26,7 @@ from .priors import PRIORS
 from .registry import Registry, format_error
 
 Spec = Dict[str, Any]
+MAX_SEED = 2**32 - 1  # pyro.set_rng_seed seeds NumPy's legacy generator, which takes 32 bits
 
 
 class Section(BaseModel):
@@ -136,7 +137,7 @@ class TrainConfig(Section):
 class Config(Section):
     """The whole run: every key has a default, so an empty file is the default run."""
 
-    seed: int = Field(0, ge=0, le=2**32 - 1)  # seeds the split, the initialisation and every random draw (NumPy's legacy seeding takes 32 bits)
+    seed: int = Field(0, ge=0, le=MAX_SEED)  # seeds the split, the initialisation and every random draw (at most 2**32 - 1)
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     guide: Spec = {"name": "mean_field"}  # q(z|x): a registered guide and its keys

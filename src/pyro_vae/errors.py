@@ -1,6 +1,8 @@
 """User-facing errors: each becomes one line on stderr and exit status 2 in the CLI."""
 
 import errno
+import re
+from typing import Optional
 
 
 class UserError(Exception):
@@ -58,3 +60,20 @@ def one_line(err: BaseException) -> str:
         return err.__class__.__name__
     head = text[0] + (f" {text[1]}" if text[0].endswith(":") and len(text) > 1 else "")
     return f"{err.__class__.__name__}: {head[:300]}"
+
+
+class OutOfMemory(UserError):
+    """An allocation the machine cannot make: a config asking for more memory than there is."""
+
+
+def out_of_memory(err: BaseException) -> Optional[OutOfMemory]:
+    """One line for a failed allocation (NumPy's MemoryError, torch's on CPU or GPU), else None: the sizes that
+    multiply into memory are the usual cause, so name them."""
+    text = str(err)
+    if not (isinstance(err, MemoryError) or err.__class__.__name__ == "OutOfMemoryError"
+            or (isinstance(err, RuntimeError) and "can't allocate memory" in text)):
+        return None
+    size = re.search(r"allocate (\d+) bytes|allocate ([\d.]+ [KMGT]iB)", text)
+    asked = "" if size is None else f" ({int(size.group(1)) / 2**30:.1f} GiB)" if size.group(1) else f" ({size.group(2)})"
+    return OutOfMemory(f"out of memory: an allocation failed{asked}; lower what multiplies into memory "
+                       f"(model.latent_dim, layer sizes, inference.num_particles, train.batch_size)")

@@ -91,7 +91,8 @@ def principal_axes(z: np.ndarray, k: int = 2) -> Tuple[np.ndarray, np.ndarray, n
     of the total variance along each ``(k,)``.
     """
     centred = z - z.mean(axis=0)
-    _, s, vt = np.linalg.svd(centred, full_matrices=True)  # full: k axes even when n < k
+    # thin SVD: (min(n, d), d) axes, never a (d, d) matrix; full only when fewer than k points leave too few axes
+    _, s, vt = np.linalg.svd(centred, full_matrices=len(z) < k)
     largest = np.abs(vt[:k]).argmax(axis=1)  # (k,): an axis's sign is arbitrary; fix it by its largest entry
     axes = vt[:k] * np.sign(vt[np.arange(k), largest])[:, None]  # (k, d)
     variance = np.zeros(z.shape[1])

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import sys
 
+from ..config import MAX_SEED
 from ..errors import ConfigError
 
 
@@ -31,6 +32,8 @@ def run(args) -> int:
     for flag, value in (("--samples", args.samples), ("--batch-size", args.batch_size), ("--gap-steps", args.gap_steps)):
         if value < 1:
             raise ConfigError(f"{flag} {value}: must be >= 1")
+    if not 0 <= args.seed <= MAX_SEED:
+        raise ConfigError(f"--seed {args.seed}: must be in [0, {MAX_SEED}] (NumPy's legacy seeding takes 32 bits)")
     progress = not args.no_progress and sys.stderr.isatty()
     result = evaluate_run(args.dir, args.split, args.samples, args.batch_size, args.gaps, args.gap_steps,
                           progress=progress, seed=args.seed)
