@@ -117,7 +117,8 @@ class Npz:
         if self.path.is_dir():
             raise DataError(f"data.path: {self.path} is a directory; expected an .npz file")
         if not self.path.is_file():
-            raise DataError(f"data.path: file not found: {self.path}")
+            what = "is not a regular file" if self.path.exists() else "file not found"
+            raise DataError(f"data.path: {what}: {self.path}")
         try:
             with open(self.path, "rb") as f:
                 if f.read(len(NPY_MAGIC)) == NPY_MAGIC:  # np.load would return the one array, not an archive

@@ -48,6 +48,8 @@ def add_arguments(p) -> None:
 def run(args) -> int:
     from ..errors import ConfigError
 
+    if args.out is not None and not args.out.strip():
+        raise ConfigError("--out: empty; give a directory (or leave --out out for the default)")
     cfg = load(args.config, args.overrides)
     for flag, value in (("--epochs", args.epochs), ("--seconds", args.seconds), ("--samples", args.samples),
                         ("--grad-samples", args.grad_samples)):

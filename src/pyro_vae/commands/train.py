@@ -32,6 +32,8 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
+    if args.out is not None and not args.out.strip():
+        raise ConfigError("--out: empty; give a directory (or leave --out out for the default)")
     cfg = load(args.config, args.overrides)  # a config error surfaces once, before any process starts
     if args.overwrite and args.config and args.out and _same_file(args.config, Path(args.out) / "config.yaml"):
         raise ConfigError(f"{args.config}: is the config.yaml that --overwrite would replace with the resolved "
