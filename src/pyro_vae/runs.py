@@ -43,9 +43,9 @@ def train_run(cfg: Config, out: Optional[str | Path] = None, overwrite: bool = F
     ctx = distributed.init(cfg.train.device)
     data, vae = prepare(cfg, ctx.device)
     out = out or (ctx.gather(str(default_out(cfg)))[0] if ctx.distributed else default_out(cfg))  # rank 0's clock names it
-    run = ctx.on_main(lambda: RunDir.create(out, overwrite=overwrite))
+    trainer = Trainer(cfg, data, vae, None, progress=progress, ctx=ctx)  # its checks (engine, ...) before any file
+    trainer.run = run = ctx.on_main(lambda: RunDir.create(out, overwrite=overwrite))
     try:
-        trainer = Trainer(cfg, data, vae, run, progress=progress, ctx=ctx)
         # the step-0 checkpoint comes before config.yaml, so every run directory has a checkpoint to resume from
         trainer.save()
         if run is not None:
