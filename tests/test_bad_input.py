@@ -444,3 +444,21 @@ def test_a_config_that_asks_for_more_memory_than_there_is_is_one_line(tmp_path, 
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and err[0].startswith("pyro-vae: error: out of memory: an allocation failed ("), err
     assert "inference.num_particles" in err[0]
+
+
+def test_overwrite_failing_before_its_first_checkpoint_leaves_the_old_run_whole(finished, tmp_path, monkeypatch, capsys):
+    """The disk fills while the new run writes its step-0 checkpoint (inside the staging folder): the error is one
+    line, the staged files go, and the old run, user files included, is byte-identical."""
+    root = broken_copy(finished, tmp_path, monkeypatch, with_user_files)
+    before = snapshot(tmp_path)
+
+    def fsync(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    capsys.readouterr()
+    assert main(["train", "--set", "data.name=npz", "--set", "data.path=user.npz", "--set", "train.epochs=1",
+                 "--out", str(root / "run"), "--overwrite", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "No space left on device; the disk is full" in err[0], err
+    assert snapshot(tmp_path) == before and not (root / "run" / ".pyro_vae-new").exists()
