@@ -88,6 +88,13 @@ RESUME_ONLY_CASES = [
 ]
 
 
+def one_error_line(capsys, message: str) -> str:
+    """The single stderr line the CLI printed: ``pyro-vae: error: ...`` holding ``message``, nothing else."""
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("pyro-vae: error: ") and message in err[0], err
+    return err[0]
+
+
 def snapshot(root):
     return {p: p.read_bytes() for p in root.rglob("*") if p.is_file()}
 
@@ -107,8 +114,7 @@ def test_resume_refuses_a_broken_run_directory(finished, tmp_path, monkeypatch, 
     before = snapshot(root)
     capsys.readouterr()
     assert main(["resume", str(root / "run"), "--no-progress"]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("pyro-vae: error: ") and message in err[0], err
+    err = [one_error_line(capsys, message)]
     assert snapshot(root) == before
 
 
@@ -119,8 +125,7 @@ def test_evaluate_refuses_a_broken_run_directory(finished, tmp_path, monkeypatch
     before = snapshot(root)
     capsys.readouterr()
     assert main(["evaluate", str(root / "run"), "--no-progress", "--samples", "2"]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("pyro-vae: error: ") and message in err[0], err
+    err = [one_error_line(capsys, message)]
     assert snapshot(root) == before
     with pytest.raises(RunDirError, match=re.escape(message)):
         load_run(root / "run")
@@ -156,8 +161,7 @@ def test_train_refuses_bad_input_and_keeps_the_existing_run(finished, tmp_path, 
     before = snapshot(tmp_path)
     capsys.readouterr()
     assert main(["train", *argv, "--out", str(root / "run"), "--overwrite", "--no-progress"]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("pyro-vae: error: ") and message in err[0], err
+    err = [one_error_line(capsys, message)]
     assert snapshot(tmp_path) == before
 
 
@@ -230,8 +234,7 @@ def test_overwrite_keeps_the_old_run_whole_on_any_error(finished, tmp_path, monk
     before = snapshot(tmp_path)
     capsys.readouterr()
     assert main(["train", *argv, "--out", str(root / "run"), "--overwrite", "--no-progress"]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("pyro-vae: error: ") and message in err[0], err
+    err = [one_error_line(capsys, message)]
     assert err[0].count("(got") <= 1, err
     assert snapshot(tmp_path) == before
     left = {p.name for p in (root / "run").iterdir()}  # no staging folder either

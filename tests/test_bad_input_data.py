@@ -5,7 +5,7 @@ import pytest
 
 from conftest import run_cli
 from pyro_vae.cli import main
-from test_bad_input import broken_copy, finished, snapshot  # noqa: F401 (finished: a module-scoped fixture)
+from test_bad_input import broken_copy, finished, one_error_line, snapshot  # noqa: F401 (finished: a module-scoped fixture)
 from test_data_idx import write_mnist
 
 RNG = np.random.default_rng(0)
@@ -99,8 +99,7 @@ def test_train_refuses_bad_data_and_keeps_the_existing_run(finished, tmp_path, m
     before = snapshot(tmp_path)
     capsys.readouterr()
     assert main(["train", *argv, "--out", str(root / "run"), "--overwrite", "--no-progress"]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("pyro-vae: error: ") and message in err[0], err
+    err = [one_error_line(capsys, message)]
     assert "np." not in err[0].replace("np.savez", "")  # plain numbers, not numpy 2's np.int32(12)
     assert snapshot(tmp_path) == before
 

@@ -69,20 +69,15 @@ def reference(tmp_path_factory):
     return out
 
 
-def test_sigkill_at_random_moments_then_resume_is_bitwise_exact(reference, tmp_path):
-    rng = random.Random(6)
-    out = tmp_path / "run"
-    proc = start("train", *TRAIN, "--out", out)
+def kill_and_resume(proc, out, targets, rng, jitter: float) -> int:
+    """For each target epoch (``None``: at once), SIGKILL ``proc`` a random moment of up to ``jitter`` s after that
+    epoch is reported, check that checkpoint.pt itself is whole, and resume; the last resume must finish cleanly.
+    Returns how many kills hit a live process (a run that finished before its kill tests nothing)."""
     kills = 0
-    # kill 1: a random moment soon after the run directory exists (possibly inside epoch 1);
-    # kills 2 and 3: a random moment after a random epoch is reported (during its checkpoint, or later)
-    while not (out / "config.yaml").exists() and proc.poll() is None:
-        time.sleep(0.005)
-    time.sleep(rng.uniform(0.0, 0.3))
-    for target in [None] + sorted(rng.sample(range(2, EPOCHS), 2)):
+    for target in targets:
         if target is not None:
             wait_for_epoch(proc, target)
-            time.sleep(rng.uniform(0.0, 0.05))
+            time.sleep(rng.uniform(0.0, jitter))
         if proc.poll() is None:
             proc.kill()
             kills += 1
@@ -92,6 +87,19 @@ def test_sigkill_at_random_moments_then_resume_is_bitwise_exact(reference, tmp_p
         proc = start("resume", out, "--no-progress")
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
+    return kills
+
+
+def test_sigkill_at_random_moments_then_resume_is_bitwise_exact(reference, tmp_path):
+    rng = random.Random(6)
+    out = tmp_path / "run"
+    proc = start("train", *TRAIN, "--out", out)
+    # kill 1: a random moment soon after the run directory exists (possibly inside epoch 1);
+    # kills 2 and 3: a random moment after a random epoch is reported (during its checkpoint, or later)
+    while not (out / "config.yaml").exists() and proc.poll() is None:
+        time.sleep(0.005)
+    time.sleep(rng.uniform(0.0, 0.3))
+    kills = kill_and_resume(proc, out, [None] + sorted(rng.sample(range(2, EPOCHS), 2)), rng, jitter=0.05)
     assert kills >= 2  # a run that finished before its kill tests nothing
     assert not list(out.glob(".*.tmp"))  # resume removed what the killed writers left
     assert_same_run(out, reference)
@@ -145,18 +153,7 @@ def test_sigkill_while_the_plateau_rule_cuts_the_step_size_then_resume_is_bitwis
     out = tmp_path / "run"
     settings = [a for s in PLATEAU for a in ("--set", s)]
     proc = start("train", *settings, "--no-progress", "--out", out)
-    kills = 0
-    for target in sorted(rng.sample(cuts, 2)) + [last]:
-        wait_for_epoch(proc, target)
-        time.sleep(rng.uniform(0.0, 0.02))
-        if proc.poll() is None:
-            proc.kill()
-            kills += 1
-        proc.communicate(timeout=300)
-        proc = start("resume", out, "--no-progress")
-    _, err = proc.communicate(timeout=300)
-    assert proc.returncode == 0, err
-    assert kills >= 2
+    assert kill_and_resume(proc, out, sorted(rng.sample(cuts, 2)) + [last], rng, jitter=0.02) >= 2
     ours, theirs = RunDir(out).load_checkpoint(quiet=True), RunDir(reference).load_checkpoint(quiet=True)
     for name, tensor in theirs["vae"].items():
         assert torch.equal(ours["vae"][name], tensor), name

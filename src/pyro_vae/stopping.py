@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 from typing import Any, Dict, Optional
 
@@ -144,13 +145,13 @@ class Plateau(EpochLimit):
         return {**super().summary(), "factor": self.factor, "min_lr": self.min_lr}
 
 
-RULES = {"epochs": EpochLimit, "plateau": Plateau}
+RULES = {"epochs": EpochLimit, "plateau": Plateau}  # train.stop -> rule
 
 
 def build_stopping(train, lr: float) -> EpochLimit:
-    """The rule ``train.stop`` names, from the ``train`` config section; ``lr`` is the first step size."""
-    common = dict(max_epochs=train.epochs, lr=lr, patience=train.patience, min_delta=train.min_delta,
-                  restore_best=train.restore_best)
-    if train.stop == "plateau":
-        return Plateau(**common, factor=train.lr_factor, min_lr=train.min_lr)
-    return RULES[train.stop](**common)
+    """The rule ``train.stop`` names, from the ``train`` config section; ``lr`` is the first step size.
+    Each rule takes the keys its constructor names (``lr_factor`` is the plateau rule's ``factor``)."""
+    keys = dict(max_epochs=train.epochs, lr=lr, patience=train.patience, min_delta=train.min_delta,
+                factor=train.lr_factor, min_lr=train.min_lr, restore_best=train.restore_best)
+    rule = RULES[train.stop]
+    return rule(**{k: v for k, v in keys.items() if k in inspect.signature(rule).parameters})
