@@ -24,7 +24,7 @@ import torch
 
 from tqdm.auto import tqdm
 
-from pyro_vae.distributed import resolve_device
+from pyro_vae.build import resolve_device
 from pyro_vae.errors import UserError
 
 from . import iwae, report, training

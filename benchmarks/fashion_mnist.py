@@ -2,7 +2,7 @@
 
 Burda et al.'s one-stochastic-layer architecture (784-200-200-50, tanh), dynamically binarized
 pixels, 50k/10k/10k split; every model is scored by the same estimator, IWAE with K=5000 draws
-(``pyro_vae.evaluate.iwae``) on the test split. Not part of CI (hours at full size); ``--smoke``
+(``pyro_vae.evaluation.iwae.iwae``) on the test split. Not part of CI (hours at full size); ``--smoke``
 is the two-epoch version that ``tests/test_benchmarks_smoke.py`` runs when the data are installed.
 
     python -m benchmarks.fashion_mnist --epochs 20
@@ -25,8 +25,8 @@ from tqdm.auto import tqdm
 from pyro_vae import validate_config
 from pyro_vae.build import build_vae
 from pyro_vae.data import binarize_batch, load_data
-from pyro_vae.evaluate import iwae
-from pyro_vae.train import Trainer
+from pyro_vae.evaluation.iwae import iwae
+from pyro_vae.training.trainer import Trainer
 
 from . import report
 from .reference import TorchVAE, load_into_pyro_vae, torch_epoch

@@ -1,4 +1,4 @@
-"""IWAE evaluation: ``pyro_vae.evaluate.iwae`` throughput and peak memory against the decoder's matmul-only bound.
+"""IWAE evaluation: ``pyro_vae.evaluation.iwae.iwae`` throughput and peak memory against the decoder's matmul-only bound.
 
 The bound is the time of the decoder's two matrix products alone (``z @ W1^T``, ``h @ W2^T`` with
 bias) for the same particles in the same chunks, the work no implementation can skip. Contenders:
@@ -32,7 +32,7 @@ POINTS = 16  # data points per evaluation batch
 
 def available() -> bool:
     try:
-        from pyro_vae.evaluate import iwae  # noqa: F401  (written alongside this suite)
+        from pyro_vae.evaluation.iwae import iwae  # noqa: F401  (written alongside this suite)
     except ImportError:
         return False
     return True
@@ -52,7 +52,7 @@ def model_and_data():
 
 def chunks(num_samples: int) -> List[int]:
     """The particle counts per pass that ``evaluate.iwae`` uses for ``num_samples``."""
-    from pyro_vae.evaluate import chunk_size
+    from pyro_vae.evaluation.iwae import chunk_size
 
     chunk = chunk_size(POINTS, X_DIM)
     return [min(chunk, num_samples - done) for done in range(0, num_samples, chunk)]
@@ -72,7 +72,7 @@ def matmul_bound_fn(vae, num_samples: int):
 
 
 def iwae_fn(vae, x, num_samples: int, engine: str = "auto", compile: bool = False):
-    from pyro_vae.evaluate import iwae
+    from pyro_vae.evaluation.iwae import iwae
 
     def run() -> None:
         with torch.no_grad():
@@ -83,7 +83,7 @@ def iwae_fn(vae, x, num_samples: int, engine: str = "auto", compile: bool = Fals
 
 def compiled_fn(vae, x, num_samples: int):
     """``evaluate.iwae(compile=True)``, compiled before it is returned; its ``compile_seconds`` attribute says how long."""
-    from pyro_vae.iwae import compiled_log_likelihood
+    from pyro_vae.evaluation.decode import compiled_log_likelihood
 
     before = compiled_log_likelihood().compile_seconds
     iwae_fn(vae, x, chunks(num_samples)[0], compile=True)()  # one full chunk: compiles this batch size's graph
@@ -97,8 +97,8 @@ def traced_fn(vae, x, num_samples: int):
 
 
 def fused_iwae_fn(vae, x, num_samples: int):
-    from pyro_vae.evaluate import chunk_size
-    from pyro_vae.fused import fused_iwae
+    from pyro_vae.evaluation.iwae import chunk_size
+    from pyro_vae.evaluation.iwae import fused_iwae
 
     chunk = chunk_size(POINTS, X_DIM)
 
@@ -206,7 +206,7 @@ def run(ks: List[int], rounds: int, compile: Optional[bool] = None, memory: bool
     """The IWAE rows for each K; ``compile`` (default: when some K >= 1000, i.e. not a quick run, as
     compiling takes seconds) adds ``evaluate.iwae(compile=True)``; ``memory`` the peak-memory probes."""
     if not available():
-        return {"available": False, "note": "pyro_vae.evaluate.iwae does not exist yet"}
+        return {"available": False, "note": "pyro_vae.evaluation.iwae.iwae does not exist yet"}
     compile = max(ks) >= 1000 if compile is None else compile
     rows = throughput(ks, rounds, compile)
     for row in rows:

@@ -14,7 +14,7 @@ import pyro
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from pyro_vae.distributed import resolve_device
+from pyro_vae.build import resolve_device
 from pyro_vae.errors import UserError
 
 from . import report, training

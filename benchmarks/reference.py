@@ -17,7 +17,7 @@ from pyro.infer import SVI, Trace_ELBO
 from torch import nn
 from torch.nn.functional import binary_cross_entropy_with_logits, softplus
 
-MIN_SCALE = 1e-4  # as pyro_vae.guides.MIN_SCALE
+MIN_SCALE = 1e-4  # as pyro_vae.components.networks.MIN_SCALE
 LOG_2PI = math.log(2 * math.pi)
 
 

@@ -75,7 +75,7 @@ def markdown(result: Dict) -> str:
                          + " | ".join(f"{row['matmul_gflops'][n]:.0f}" for n in names) + " |")
     iw = result.get("iwae")
     if iw is not None:
-        lines += ["", "IWAE evaluation (`pyro_vae.evaluate.iwae`):", ""]
+        lines += ["", "IWAE evaluation (`pyro_vae.evaluation.iwae.iwae`):", ""]
         from . import iwae  # its table is its own (benchmarks/iwae.py::markdown) where that exists
 
         if hasattr(iwae, "markdown"):

@@ -26,7 +26,7 @@ import torch
 
 from pyro_vae import validate_config
 from pyro_vae.data import Dataset, load_data
-from pyro_vae.train import Trainer
+from pyro_vae.training.trainer import Trainer
 
 from .reference import TorchVAE, svi_epoch_fn, torch_epoch
 
@@ -84,13 +84,13 @@ def config(case: Case, **train):
 
 
 def trainer_epoch_fn(case: Case, data: Dataset, **train) -> Callable[[], int]:
-    """One epoch of the real ``pyro_vae.train.Trainer`` (its ``train_epoch``, no validation pass or checkpoint).
+    """One epoch of the real ``pyro_vae.training.trainer.Trainer`` (its ``train_epoch``, no validation pass or checkpoint).
 
-    The VAE goes to ``train.device`` as ``pyro_vae.train.prepare`` puts it; the data stay on the CPU
+    The VAE goes to ``train.device`` as ``pyro_vae.build.prepare`` puts it; the data stay on the CPU
     and the Trainer moves each batch, as it does in ``pyro-vae train``.
     """
     from pyro_vae.build import build_vae
-    from pyro_vae.distributed import resolve_device
+    from pyro_vae.build import resolve_device
 
     cfg = config(case, **train)
     pyro.set_rng_seed(0)

@@ -1,7 +1,7 @@
 """MkDocs hook: replace markers in the docs with text generated from the code at build time.
 
 ``<!-- generated: NAME -->`` with NAME one of ``components`` (every registered component, the data
-of :func:`pyro_vae.components.describe`), ``config`` (every key of :class:`pyro_vae.config.Config`),
+of :func:`pyro_vae.components.catalog.describe`), ``config`` (every key of :class:`pyro_vae.config.Config`),
 ``cli`` (the ``--help`` of every ``pyro-vae`` command), ``methods`` (every method ``pyro-vae
 compare`` knows) and ``examples`` (every script under ``examples/``);
 ``<!-- source: pkg.module.name -->``: the current source of that function or class, with its file
@@ -28,7 +28,7 @@ import griffe  # mkdocstrings' loader, which RestToMarkdown extends
 from mkdocs.plugins import event_priority
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGE_PARENT = ROOT / "src"  # the folder holding pyro_vae/ in this tree: the one line to change if it moves
+PACKAGE_PARENT = ROOT  # the folder holding pyro_vae/ in this tree: the one line to change if it moves
 
 MARKER = re.compile(r"<!-- generated: (\w+) -->")
 SOURCE = re.compile(r"<!-- source: ([\w.]+) -->")
@@ -127,7 +127,7 @@ def config_table() -> str:
 
 def components() -> str:
     """Every registry's entries with their keys, types and defaults (``pyro-vae components --markdown``)."""
-    from pyro_vae.components import describe
+    from pyro_vae.components.catalog import describe
 
     return describe(markdown=True, heading="##")
 
@@ -250,9 +250,8 @@ class RestToMarkdown(griffe.Extension):
 
 def methods() -> str:
     """Every method ``pyro-vae compare`` can run (built-in SVI variants and those other modules register)."""
-    from pyro_vae.methods import METHODS, load_method_modules
+    from pyro_vae.compare.methods import METHODS
 
-    load_method_modules()
     rows = ["| method | what it trains |", "|---|---|"]
     rows += [f"| `{entry.name}` | {_esc(entry.summary)} |" for entry in METHODS]
     return "\n".join(rows) + "\n"

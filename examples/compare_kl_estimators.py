@@ -10,8 +10,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 from pyro_vae import load_config, train_run  # noqa: E402
-from pyro_vae.evaluate import gradient_variance  # noqa: E402
-from pyro_vae.objectives import build_elbo  # noqa: E402
+from pyro_vae.evaluation.gradients import gradient_variance  # noqa: E402
+from pyro_vae.inference.objectives import build_elbo  # noqa: E402
 
 CI = os.environ.get("CI") == "true"  # tiny settings in CI
 tiny = ["train.epochs=1", "model.decoder.hidden=[16]", "guide.hidden=[16]"] if CI else ["train.epochs=30"]

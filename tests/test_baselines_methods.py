@@ -7,9 +7,8 @@ import pytest
 from conftest import run_cli
 from pyro_vae import load_config, load_data
 from pyro_vae.errors import ConfigError
-from pyro_vae.methods import METHODS, Budget, load_method_modules
+from pyro_vae.compare.methods import METHODS, Budget
 
-load_method_modules()
 
 LINEAR = ["data.name=synthetic", "data.n=300", "data.x_dim=5", "model.latent_dim=2", "model.decoder.name=linear",
           "model.likelihood.learn_scale=global", "guide.hidden=[]", "train.batch_size=50"]

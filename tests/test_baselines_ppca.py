@@ -12,7 +12,7 @@ from pyro_vae import load_config, load_run
 from pyro_vae.baselines import export, ppca
 from pyro_vae.baselines.history import ConvergenceWarning
 from pyro_vae.errors import ConfigError
-from pyro_vae.train import prepare
+from pyro_vae.build import prepare
 
 
 

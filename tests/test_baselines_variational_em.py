@@ -9,8 +9,8 @@ from pyro_vae.baselines import export, ppca
 from pyro_vae.baselines import variational_em as ve
 from pyro_vae.build import build_vae
 from pyro_vae.errors import ConfigError
-from pyro_vae.objectives import build_elbo
-from pyro_vae.train import prepare
+from pyro_vae.inference.objectives import build_elbo
+from pyro_vae.build import prepare
 
 
 

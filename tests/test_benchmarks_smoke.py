@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from pyro_vae import build_vae, validate_config
-from pyro_vae.objectives import build_elbo
+from pyro_vae.inference.objectives import build_elbo
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # benchmarks/ is a top-level package of the repository, not of the wheel

@@ -5,9 +5,10 @@ import json
 import pytest
 
 from pyro_vae import validate_config
-from pyro_vae.compare import compare, parse_method_set, resolve_methods
+from pyro_vae.compare.comparison import compare, parse_method_set, resolve_methods
 from pyro_vae.errors import ConfigError, RunDirError
-from pyro_vae.methods import BUILTIN_SETS, METHODS, Budget, MethodResult
+from pyro_vae.compare.svi import BUILTIN_SETS
+from pyro_vae.compare.methods import METHODS, Budget, MethodResult
 
 from conftest import run_cli
 

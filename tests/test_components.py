@@ -6,11 +6,11 @@ import torch
 from pyro.infer import Trace_ELBO
 
 from pyro_vae import build_vae, validate_config
-from pyro_vae.components import ALL_REGISTRIES
-from pyro_vae.decoders import DECODERS
-from pyro_vae.guides import GUIDES
-from pyro_vae.likelihoods import LIKELIHOODS
-from pyro_vae.priors import PRIORS
+from pyro_vae.components.catalog import ALL_REGISTRIES
+from pyro_vae.components.decoders import DECODERS
+from pyro_vae.components.guides import GUIDES
+from pyro_vae.components.likelihoods import LIKELIHOODS
+from pyro_vae.components.priors import PRIORS
 
 LATENT, X_DIM, BATCH = 3, 6, 5
 IMAGE = (2, 3)  # X_DIM as an image, so image-only components (conv) are tested too

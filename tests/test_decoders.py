@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from pyro_vae import build_vae, load_config, load_run, train_run, validate_config
-from pyro_vae.decoders import DECODERS
+from pyro_vae.components.decoders import DECODERS
 from pyro_vae.errors import ConfigError
 from conftest import run_cli
 

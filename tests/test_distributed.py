@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from conftest import TINY, run_cli
-from pyro_vae import distributed
-from pyro_vae.rundir import RunDir
+from pyro_vae.training import distributed
+from pyro_vae.runs.rundir import RunDir
 
 # One script for both sides of the comparison: with argv[1] == 1 it takes the steps in this process,
 # with 2 it launches two gloo ranks that each take their shard ``batch[rank::2]``.
@@ -28,9 +28,10 @@ STEP_SCRIPT = textwrap.dedent('''
     import sys
     import torch
     from torch.distributions import Normal
-    from pyro_vae import distributed
+    from pyro_vae.training import distributed
     from pyro_vae.config import validate
-    from pyro_vae.train import Trainer, prepare
+    from pyro_vae.training.trainer import Trainer
+    from pyro_vae.build import prepare
 
     def fixed_noise(self, sample_shape=torch.Size()):
         return self.loc + self.scale * torch.sin(10 * self.loc.detach())

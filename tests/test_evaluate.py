@@ -9,10 +9,15 @@ import torch
 from pyro.infer.importance import vectorized_importance_weights
 
 from pyro_vae import build_vae, validate_config
-from pyro_vae import evaluate as ev
+from pyro_vae.evaluation.bounds import elbo_terms, log_weights
+from pyro_vae.evaluation.evaluate import ACTIVE_UNIT_THRESHOLD, evaluate_points, kl_per_dimension
+from pyro_vae.evaluation.gradients import gradient_variance
+from pyro_vae.evaluation import iwae as iwae_module
+from pyro_vae.evaluation.iwae import chunk_size, fused_iwae, iwae, stock_vae
+from pyro_vae.evaluation.linear_gaussian import linear_gaussian, marginal, posterior
 from pyro_vae.data import load_data
 from pyro_vae.errors import ConfigError
-from pyro_vae.objectives import build_elbo
+from pyro_vae.inference.objectives import build_elbo
 
 from conftest import TINY, run_cli
 
@@ -51,7 +56,7 @@ def test_per_point_log_weights_match_pyros_importance_weights():
     vae, data = linear_vae()
     x = data.test[:5]
     pyro.set_rng_seed(3)
-    ours = ev.log_weights(vae.model, vae.guide, x, 4)  # (4, 5)
+    ours = log_weights(vae.model, vae.guide, x, 4)  # (4, 5)
     pyro.set_rng_seed(3)
     theirs, _, _ = vectorized_importance_weights(vae.model, vae.guide, x, num_samples=4, max_plate_nesting=1)
     assert ours.shape == (4, 5)
@@ -61,29 +66,29 @@ def test_per_point_log_weights_match_pyros_importance_weights():
 def test_linear_gaussian_marginal_and_posterior_satisfy_bayes_rule():
     """log p(x) = log p(x|z) + log p(z) - log p(z|x) for every z: checks the closed forms against each other."""
     vae, data = linear_vae()
-    W, b, sigma2 = ev.linear_gaussian(vae)
+    W, b, sigma2 = linear_gaussian(vae)
     x = data.test[:7]
     z = torch.randn(7, 2) * 2
-    lhs = ev.marginal(W, b, sigma2).log_prob(x)
+    lhs = marginal(W, b, sigma2).log_prob(x)
     rhs = (vae.likelihood(vae.decoder(z)).log_prob(x) + vae.prior().log_prob(z)
-           - ev.posterior(W, b, sigma2, x).log_prob(z))
+           - posterior(W, b, sigma2, x).log_prob(z))
     assert torch.allclose(lhs, rhs.detach(), atol=1e-4)
 
 
 def test_non_linear_models_have_no_exact_likelihood():
-    assert ev.linear_gaussian(build_vae(validate_config({}), 5)) is None
+    assert linear_gaussian(build_vae(validate_config({}), 5)) is None
     cfg = {**LINEAR, "model": {**LINEAR["model"], "prior": "laplace"}}
-    assert ev.linear_gaussian(build_vae(validate_config(cfg), 6)) is None
+    assert linear_gaussian(build_vae(validate_config(cfg), 6)) is None
 
 
 def test_iwae_approaches_exact_log_likelihood_as_k_grows(trained):
     vae, data = trained
     x = data.test
-    exact = ev.marginal(*ev.linear_gaussian(vae)).log_prob(x)
+    exact = marginal(*linear_gaussian(vae)).log_prob(x)
     gaps = {}
     with torch.no_grad():
         for k in (1, 10, 1000):
-            diff = exact - ev.iwae(vae.model, vae.guide, x, k)
+            diff = exact - iwae(vae.model, vae.guide, x, k)
             gaps[k] = (float(diff.mean()), float(diff.std() / math.sqrt(len(diff))))
     assert gaps[1][0] > gaps[10][0] > gaps[1000][0]
     mean, se = gaps[1000]
@@ -94,13 +99,13 @@ def test_iwae_is_chunked_with_a_running_logsumexp(monkeypatch):
     """Chunks of 3 particles give exactly the log-mean-exp of the same draws taken in one list."""
     vae, data = linear_vae()
     x = data.test[:4]
-    monkeypatch.setattr(ev, "CHUNK_ELEMENTS", 3 * 4 * 6)
-    assert ev.chunk_size(4, 6) == 3
+    monkeypatch.setattr(iwae_module, "CHUNK_ELEMENTS", 3 * 4 * 6)
+    assert chunk_size(4, 6) == 3
     pyro.set_rng_seed(9)
     with torch.no_grad():
-        chunked = ev.iwae(vae.model, vae.guide, x, 10, width=6)
+        chunked = iwae(vae.model, vae.guide, x, 10, width=6)
         pyro.set_rng_seed(9)
-        log_w = torch.cat([ev.log_weights(vae.model, vae.guide, x, k) for k in (3, 3, 3, 1)])
+        log_w = torch.cat([log_weights(vae.model, vae.guide, x, k) for k in (3, 3, 3, 1)])
     assert torch.allclose(chunked, torch.logsumexp(log_w, 0) - math.log(10), atol=1e-5)
 
 
@@ -110,7 +115,7 @@ def test_identity_log_p_equals_elbo_plus_kl_to_posterior(train_steps, request):
     vae, data = request.getfixturevalue("trained") if train_steps else linear_vae()
     pyro.set_rng_seed(1)
     with torch.no_grad():
-        out = ev.evaluate_points(vae, data.test, samples=100)
+        out = evaluate_points(vae, data.test, samples=100)
     assert out["log_likelihood"]["exact"] and out["kl_to_true_posterior"]["exact"]
     r = out["identity_residual"]
     assert abs(r["mean"]) < 4 * r["se"]
@@ -123,8 +128,8 @@ def test_identity_log_p_equals_elbo_plus_kl_to_posterior(train_steps, request):
 def test_analytic_and_monte_carlo_elbo_agree_per_point(trained):
     vae, data = trained
     with torch.no_grad():
-        analytic, used = ev.elbo_terms(vae.model, vae.guide, data.test, 64, "analytic")
-        mc, used_mc = ev.elbo_terms(vae.model, vae.guide, data.test, 64, "monte_carlo")
+        analytic, used = elbo_terms(vae.model, vae.guide, data.test, 64, "analytic")
+        mc, used_mc = elbo_terms(vae.model, vae.guide, data.test, 64, "monte_carlo")
     assert (used, used_mc) == ("analytic", "monte_carlo")
     diff = analytic - mc
     assert abs(float(diff.mean())) < 4 * float(diff.std() / math.sqrt(len(diff)))
@@ -136,11 +141,11 @@ def test_kl_per_dimension_and_active_units():
     vae, data = linear_vae()
     with torch.no_grad():
         vae.encoder.loc_head.weight[1].zero_()
-        out = ev.evaluate_points(vae, data.test, samples=10)
+        out = evaluate_points(vae, data.test, samples=10)
         q, p = vae.encoder(data.test), vae.prior()
         total = torch.distributions.kl_divergence(q, p).mean()
     assert out["active_units"] == 1 and out["latent_dim"] == 2
-    assert out["posterior_mean_variance"][1] < 1e-10 < ev.ACTIVE_UNIT_THRESHOLD < out["posterior_mean_variance"][0]
+    assert out["posterior_mean_variance"][1] < 1e-10 < ACTIVE_UNIT_THRESHOLD < out["posterior_mean_variance"][0]
     assert abs(sum(out["kl_per_dimension"]) - float(total)) < 1e-4
 
 
@@ -149,7 +154,7 @@ def test_kl_per_dimension_monte_carlo_matches_quadrature():
     q = dist.Normal(torch.tensor([[0.3, -1.0]]), torch.tensor([[0.5, 2.0]])).to_event(1)
     p = dist.StudentT(torch.full((2,), 3.0), torch.zeros(2), torch.ones(2)).to_event(1)
     pyro.set_rng_seed(0)
-    mc = ev.kl_per_dimension(q, p, num_samples=20000)[0]
+    mc = kl_per_dimension(q, p, num_samples=20000)[0]
     for d in range(2):
         qd = torch.distributions.Normal(q.base_dist.loc[0, d].double(), q.base_dist.scale[0, d].double())
         pd = torch.distributions.StudentT(torch.tensor(3.0, dtype=torch.float64), 0.0, 1.0)
@@ -164,12 +169,12 @@ def test_gaps_match_the_best_mean_field_gaussian_in_closed_form(trained):
     so the approximation gap is KL = (sum_d log Lambda_dd - log det Lambda) / 2 per point."""
     vae, data = trained
     x = data.test[:40]
-    W, b, sigma2 = ev.linear_gaussian(vae)
+    W, b, sigma2 = linear_gaussian(vae)
     precision = torch.eye(2) + W.T @ (W / sigma2[:, None])
     expected = 0.5 * float(precision.diagonal().log().sum() - torch.logdet(precision))
     pyro.set_rng_seed(2)
     with torch.no_grad():
-        out = ev.evaluate_points(vae, x, samples=10, gaps=True, gap_steps=400)
+        out = evaluate_points(vae, x, samples=10, gaps=True, gap_steps=400)
     g = out["gaps"]
     assert g["approximation_gap"]["log_p"] == "exact"
     assert abs(g["approximation_gap"]["mean"] - expected) < 4 * g["approximation_gap"]["se"] + 0.02
@@ -182,8 +187,8 @@ def test_gradient_variance_is_larger_for_the_score_function(trained):
     x = data.train[:16]
     cfg = validate_config({**LINEAR, "inference": {"kl": "monte_carlo"}})
     sf = validate_config({**LINEAR, "inference": {"estimator": "score_function"}})
-    reparam = ev.gradient_variance(vae, build_elbo(cfg.inference), x, 40)
-    score = ev.gradient_variance(vae, build_elbo(sf.inference), x, 40)
+    reparam = gradient_variance(vae, build_elbo(cfg.inference), x, 40)
+    score = gradient_variance(vae, build_elbo(sf.inference), x, 40)
     assert score["encoder"] > reparam["encoder"] > 0
     assert reparam["decoder"] > 0 and score["decoder"] > 0
     assert all(p.grad is None for p in vae.parameters())
@@ -238,8 +243,8 @@ def small_vae(prior="normal", guide="mean_field", likelihood=None, x_dim=6):
 def fused_calls(monkeypatch):
     """Counts the calls ``evaluate.iwae`` makes to the fused path."""
     calls = []
-    real = ev.fused_iwae
-    monkeypatch.setattr(ev, "fused_iwae", lambda *a, **k: calls.append(a) or real(*a, **k))
+    real = fused_iwae
+    monkeypatch.setattr(iwae_module, "fused_iwae", lambda *a, **k: calls.append(a) or real(*a, **k))
     return calls
 
 
@@ -248,14 +253,14 @@ def test_fused_iwae_gives_the_traced_per_point_values(prior, guide, likelihood, 
     """Same seed, same chunks (7, 7, 7, 7, 2 particles): the fused path (encoder once, in-place decoder,
     closed-form likelihood) and Pyro's traced weights draw the same z and give the same IWAE per point."""
     vae, x = small_vae(prior, guide, likelihood)
-    monkeypatch.setattr(ev, "CHUNK_ELEMENTS", 7 * 5 * 6)
-    monkeypatch.setattr(ev, "TRACED_CHUNK_ELEMENTS", 7 * 5 * 6)
+    monkeypatch.setattr(iwae_module, "CHUNK_ELEMENTS", 7 * 5 * 6)
+    monkeypatch.setattr(iwae_module, "TRACED_CHUNK_ELEMENTS", 7 * 5 * 6)
     with torch.no_grad():
         pyro.set_rng_seed(8)
-        fused = ev.iwae(vae.model, vae.guide, x, 30)
+        fused = iwae(vae.model, vae.guide, x, 30)
         state = torch.get_rng_state()
         pyro.set_rng_seed(8)
-        traced = ev.iwae(vae.model, vae.guide, x, 30, engine="pyro")
+        traced = iwae(vae.model, vae.guide, x, 30, engine="pyro")
     assert len(fused_calls) == 1, "auto did not take the fused path for a stock VAE"
     assert fused.shape == (5,) and torch.isfinite(fused).all()
     torch.testing.assert_close(fused, traced, rtol=1e-5, atol=1e-4)
@@ -268,9 +273,9 @@ def test_fused_iwae_in_double_precision_matches_to_rounding():
     vae, x = vae.double(), x.double()
     with torch.no_grad():
         pyro.set_rng_seed(1)
-        fused = ev.iwae(vae.model, vae.guide, x, 20, engine="fused")
+        fused = iwae(vae.model, vae.guide, x, 20, engine="fused")
         pyro.set_rng_seed(1)
-        traced = ev.iwae(vae.model, vae.guide, x, 20, engine="pyro")
+        traced = iwae(vae.model, vae.guide, x, 20, engine="pyro")
     assert fused.dtype == traced.dtype == torch.float64
     torch.testing.assert_close(fused, traced, rtol=1e-10, atol=1e-9)
 
@@ -286,20 +291,20 @@ def test_custom_guides_and_scaled_models_keep_the_traced_path(fused_calls):
 
     with torch.no_grad():
         pyro.set_rng_seed(2)
-        got = ev.iwae(vae.model, guide, x, 10)
+        got = iwae(vae.model, guide, x, 10)
         pyro.set_rng_seed(2)
-        want = torch.logsumexp(ev.log_weights(vae.model, guide, x, 10), 0) - math.log(10)
+        want = torch.logsumexp(log_weights(vae.model, guide, x, 10), 0) - math.log(10)
         assert torch.equal(got, want) and not fused_calls
         with pytest.raises(ConfigError, match="iwae engine 'fused' does not cover"):
-            ev.iwae(vae.model, guide, x, 10, engine="fused")
+            iwae(vae.model, guide, x, 10, engine="fused")
         vae.kl_weight = 0.5
-        assert ev.stock_vae(vae.model, vae.guide) is None
-        ev.iwae(vae.model, vae.guide, x, 10)
+        assert stock_vae(vae.model, vae.guide) is None
+        iwae(vae.model, vae.guide, x, 10)
         assert not fused_calls
         vae.kl_weight = 1.0
-        assert ev.stock_vae(vae.model, vae.guide) is vae
+        assert stock_vae(vae.model, vae.guide) is vae
     with pytest.raises(ConfigError, match="iwae engine 'jax'"):
-        ev.iwae(vae.model, vae.guide, x, 10, engine="jax")
+        iwae(vae.model, vae.guide, x, 10, engine="jax")
 
 
 def test_fused_iwae_advances_the_progress_bar_by_draws():
@@ -312,5 +317,5 @@ def test_fused_iwae_advances_the_progress_bar_by_draws():
     vae, x = small_vae()
     bar = Bar()
     with torch.no_grad():
-        ev.iwae(vae.model, vae.guide, x, 23, bar=bar)
+        iwae(vae.model, vae.guide, x, 23, bar=bar)
     assert bar.n == 23 * 5

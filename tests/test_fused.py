@@ -8,14 +8,17 @@ import pytest
 import torch
 
 from pyro_vae import validate_config
-from pyro_vae.decoders import DECODERS
+from pyro_vae.components.decoders import DECODERS
 from pyro_vae.errors import ConfigError, DataError
-from pyro_vae.fused import FusedELBO, fused_elbo_loss, fused_renyi_loss, unsupported_reason
-from pyro_vae.guides import GUIDES
-from pyro_vae.likelihoods import LIKELIHOODS
+from pyro_vae.inference.engine import FusedELBO
+from pyro_vae.inference.elbo import fused_elbo_loss
+from pyro_vae.inference.renyi import fused_renyi_loss
+from pyro_vae.inference.objectives import unsupported_reason
+from pyro_vae.components.guides import GUIDES
+from pyro_vae.components.likelihoods import LIKELIHOODS
 from pyro_vae.model import VAE
-from pyro_vae.objectives import build_elbo
-from pyro_vae.priors import PRIORS
+from pyro_vae.inference.objectives import build_elbo
+from pyro_vae.components.priors import PRIORS
 
 IMAGE = (4, 4)  # 16 features, so image-only components (conv) can join in
 X_DIM = 16
@@ -171,7 +174,8 @@ def test_fused_elbo_class_matches_function_and_pyro():
 
 def train(overrides: dict):
     """Train a tiny VAE on synthetic data; returns the trainer."""
-    from pyro_vae.train import Trainer, prepare
+    from pyro_vae.training.trainer import Trainer
+    from pyro_vae.build import prepare
 
     raw = {"data": {"name": "synthetic", "x_dim": 6, "n": 120}, "model": {"decoder": SMALL}, "guide": SMALL,
            "train": {"epochs": 2, "batch_size": 32}}
@@ -201,7 +205,7 @@ def test_trainer_fused_engine_takes_the_steps_pyro_takes(inference):
 
 
 def test_auto_engine_is_fused_for_the_elbo_and_pyro_otherwise():
-    from pyro_vae.fused import select_engine
+    from pyro_vae.inference.engine import select_engine
 
     x = torch.rand(4, X_DIM)
     vae = build("normal", "mean_field", "normal")
@@ -237,16 +241,16 @@ def test_compiled_fused_elbo_matches_eager_without_warnings(capfd):
 
 @pytest.mark.parametrize("prior,guide", [("normal", "mean_field"), ("mixture", "flow"), ("vamp", "full_rank")])
 def test_fused_log_weights_match_evaluate(prior, guide):
-    """The IWAE weights against pyro_vae.evaluate's traced ones: same seed, same (K, batch) values; and the
+    """The IWAE weights against pyro_vae.evaluation.evaluate's traced ones: same seed, same (K, batch) values; and the
     chunked bound does not depend on the chunk size beyond the draws it takes."""
-    from pyro_vae import evaluate
-    from pyro_vae.fused import fused_iwae, fused_log_weights
+    from pyro_vae.evaluation import bounds
+    from pyro_vae.evaluation.iwae import fused_iwae, fused_log_weights
 
     vae = build(prior, guide, "bernoulli")
     x = data("bernoulli")
     with torch.no_grad():
         pyro.set_rng_seed(2)
-        want = evaluate.log_weights(vae.model, vae.guide, x, 7)
+        want = bounds.log_weights(vae.model, vae.guide, x, 7)
         pyro.set_rng_seed(2)
         got = fused_log_weights(vae, x, 7)
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-4)
@@ -290,7 +294,7 @@ def test_analytic_kl_with_unexpanded_prior_is_the_plate_broadcast():
     ``p.expand(q.batch_shape)``; a pair without a closed form gives None (the Monte Carlo fallback)."""
     from pyro.distributions.kl import kl_divergence
 
-    from pyro_vae.fused import analytic_kl
+    from pyro_vae.inference.kl import analytic_kl
 
     torch.manual_seed(1)
     for prior in ("normal", "laplace", "learned_normal"):
@@ -345,7 +349,7 @@ def test_learned_prior_is_rebuilt_after_every_optimizer_step():
 def test_closed_form_pair_is_the_generic_path_bit_for_bit(monkeypatch, num_particles, shared_trunk):
     """The mean_field x normal closed form (no q or p built) against the generic path through the
     distributions with the pair unregistered: identical loss, gradients and random stream."""
-    from pyro_vae import fused
+    from pyro_vae.inference import elbo as fused
 
     assert (GUIDES.get("mean_field").cls, PRIORS.get("normal").cls) in fused.CLOSED_FORMS
     vae = build("normal", "mean_field", "normal", latent_dim=3)

@@ -9,7 +9,7 @@ import torch
 
 from pyro_vae import build_vae, validate_config
 from pyro_vae.errors import ConfigError
-from pyro_vae.guides import GUIDES
+from pyro_vae.components.guides import GUIDES
 
 LATENT, X_DIM, SIGMA, N = 2, 4, 0.5, 64
 IMAGE = (2, 2)  # X_DIM as an image, for the conv guide

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from pyro_vae import build_vae, validate_config
-from pyro_vae.iwae import L2_FALLBACK_BYTES, LogLikelihood, decode, l2_cache_bytes, log_likelihood, tanh_
-from pyro_vae.networks import ACTIVATIONS
+from pyro_vae.evaluation.decode import L2_FALLBACK_BYTES, LogLikelihood, decode, l2_cache_bytes, log_likelihood, tanh_
+from pyro_vae.components.networks import ACTIVATIONS
 
 
 def test_tanh_identity_is_tanh_up_to_rounding():

@@ -7,8 +7,8 @@ import torch
 
 from pyro_vae import load_config
 from pyro_vae.errors import DataError
-from pyro_vae.likelihoods import LIKELIHOODS
-from pyro_vae.train import prepare
+from pyro_vae.components.likelihoods import LIKELIHOODS
+from pyro_vae.build import prepare
 
 
 def build(name, x_dim, **params):

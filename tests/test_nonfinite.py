@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from pyro_vae.cli import main
-from pyro_vae.rundir import RunDir
+from pyro_vae.runs.rundir import RunDir
 
 ROW = 17  # the train row that carries the planted extreme value
 
@@ -73,7 +73,7 @@ def test_huge_learning_rate_diverges_and_is_caught(tmp_path, capsys, validate_ar
 
 
 def test_grads_finite_tests_elements_not_norms():
-    from pyro_vae.train import grads_finite
+    from pyro_vae.training.guards import grads_finite
 
     def params(*values):
         out = []

@@ -8,9 +8,11 @@ import torch
 
 from pyro_vae import build_vae, validate_config
 from pyro_vae.errors import ConfigError
-from pyro_vae.evaluate import log_weights
-from pyro_vae.objectives import (NonReparameterized, RenyiBound, ScoreFunctionELBO, build_elbo, kl_report,
-                                 score_function_guide)
+from pyro_vae.evaluation.bounds import log_weights
+from pyro_vae.inference.score_function import NonReparameterized, ScoreFunctionELBO, score_function_guide
+from pyro_vae.inference.renyi import RenyiBound
+from pyro_vae.inference.objectives import build_elbo
+from pyro_vae.inference.kl import kl_report
 
 
 def elbo_draws(elbo, vae, x, n):
@@ -166,7 +168,7 @@ def test_trainer_loss_value_is_the_bound_for_score_function():
 
 @pytest.mark.parametrize("inference", [{"objective": "iwae", "num_particles": 3}, {"estimator": "score_function"}])
 def test_trainer_runs_each_objective_and_reports_its_kl(tmp_path, inference):
-    from pyro_vae.runs import train_run
+    from pyro_vae.runs.run import train_run
 
     cfg = validate_config({"data": {"name": "synthetic", "n": 60, "x_dim": 3}, "model": {"decoder": {"hidden": [4]}},
                            "guide": {"hidden": [4]}, "inference": inference, "train": {"epochs": 1, "batch_size": 16}})

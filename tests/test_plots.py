@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from pyro_vae import build_vae, load_config, train_run
-from pyro_vae.guides import GUIDES
-from pyro_vae.plots import principal_axes
+from pyro_vae.components.guides import GUIDES
+from pyro_vae.runs.plots import principal_axes
 
 PLOTS = ["learning_curves.png", "reconstructions.png", "samples.png", "latent.png"]
 TINY_KEYS = {"hidden": "[8]", "flow_hidden": "[8]", "channels": "[4]"}  # shrink whichever width keys a guide has

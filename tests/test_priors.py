@@ -6,9 +6,10 @@ import pytest
 import torch
 
 from pyro_vae import build_vae, load_config, load_run, train_run, validate_config
-from pyro_vae.guides import GUIDES
-from pyro_vae.objectives import build_elbo, kl_report
-from pyro_vae.priors import PRIORS
+from pyro_vae.components.guides import GUIDES
+from pyro_vae.inference.objectives import build_elbo
+from pyro_vae.inference.kl import kl_report
+from pyro_vae.components.priors import PRIORS
 
 X_DIM = 4
 NUM_SAMPLES = 10000

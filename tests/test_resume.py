@@ -17,8 +17,10 @@ from hypothesis import given, settings, strategies as st
 from pyro_vae import load_config, train_run, validate_config
 from pyro_vae.cli import main
 from pyro_vae.config import dump
-from pyro_vae.rundir import RunDir
-from pyro_vae.train import TIMING_FIELDS, Interrupted, Trainer, prepare
+from pyro_vae.runs.rundir import RunDir
+from pyro_vae.training.trainer import TIMING_FIELDS, Trainer
+from pyro_vae.training.guards import Interrupted
+from pyro_vae.build import prepare
 
 # One intra-op thread: fast under load on shared cores, and the same reduction order in every process.
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "MPLBACKEND": "Agg"}

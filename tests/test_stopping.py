@@ -10,9 +10,10 @@ import torch
 
 from pyro_vae import load_config, train_run
 from pyro_vae.errors import ConfigError
-from pyro_vae.rundir import RunDir
-from pyro_vae.stopping import EpochLimit, Plateau, build_stopping
-from pyro_vae.train import Trainer, prepare, summarize
+from pyro_vae.runs.rundir import RunDir
+from pyro_vae.training.stopping import EpochLimit, Plateau, build_stopping
+from pyro_vae.training.trainer import Trainer, summarize
+from pyro_vae.build import prepare
 
 TINY = ["data.name=synthetic", "data.n=300", "data.x_dim=6", "model.decoder.hidden=[8]", "guide.hidden=[8]",
         "train.batch_size=32", "train.engine=fused"]

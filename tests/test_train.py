@@ -4,8 +4,10 @@ import pytest
 import torch
 
 from pyro_vae import validate_config
-from pyro_vae.fused import fused_elbo_loss
-from pyro_vae.train import Trainer, grads_finite, prepare
+from pyro_vae.inference.elbo import fused_elbo_loss
+from pyro_vae.training.trainer import Trainer
+from pyro_vae.training.guards import grads_finite
+from pyro_vae.build import prepare
 
 TINY = {"data": {"name": "synthetic", "x_dim": 6, "n": 96}, "model": {"decoder": {"hidden": [8]}},
         "guide": {"hidden": [8]}, "train": {"epochs": 1, "batch_size": 32, "engine": "fused"}}
@@ -78,7 +80,7 @@ def test_train_step_is_the_plain_adam_step_on_the_fused_loss(validate_args):
 
 def test_a_trainer_follows_the_stopping_rule_it_is_handed():
     """The rule passed in, not the config's, sets the step size and the number of epochs."""
-    from pyro_vae.stopping import EpochLimit
+    from pyro_vae.training.stopping import EpochLimit
 
     cfg = validate_config({**TINY, "train": {**TINY["train"], "epochs": 50}})
     data, vae = prepare(cfg)

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from pyro_vae.config import load
-from pyro_vae.train import prepare
+from pyro_vae.build import prepare
 
 torch.set_num_threads(1)
 cfg = load(None, ["model.likelihood.name=bernoulli", "data.binarize=static", "model.decoder.hidden=[32]"])

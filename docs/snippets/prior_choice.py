@@ -15,9 +15,10 @@ import torch
 from torch.distributions import kl_divergence
 
 from pyro_vae.config import load
-from pyro_vae.objectives import kl_report
-from pyro_vae.priors import PRIORS
-from pyro_vae.train import Trainer, prepare
+from pyro_vae.inference.kl import kl_report
+from pyro_vae.components.priors import PRIORS
+from pyro_vae.training.trainer import Trainer
+from pyro_vae.build import prepare
 
 torch.set_num_threads(1)
 TINY = ["train.epochs=5", "model.decoder.hidden=[32]", "guide.hidden=[32]", "optim.lr=3e-3"]

@@ -16,7 +16,8 @@ from torch.distributions import MultivariateNormal
 
 from pyro_vae.baselines.ppca import ppca_closed_form, ppca_em
 from pyro_vae.config import load
-from pyro_vae.train import Trainer, prepare
+from pyro_vae.training.trainer import Trainer
+from pyro_vae.build import prepare
 
 torch.set_num_threads(1)
 BASE = ["data.name=synthetic", "model.decoder.name=linear", "model.likelihood.learn_scale=global",

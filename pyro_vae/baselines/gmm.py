@@ -1,0 +1,206 @@
+r"""Gaussian mixtures, the discrete-z case where EM's E-step is exact: EM, enumerated SVI and amortized SVI.
+
+The model (``K`` components, data ``x`` of shape ``(N, D)``)::
+
+    z_n ~ Categorical(pi)                          site "z", under plate "data"
+    x_n | z_n ~ N(mu_{z_n}, diag(v_{z_n}))          site "x"; v_k = sigma_k^2 1 (spherical) or a (D,) vector (diag)
+
+Parameters are ``weights`` pi ``(K,)``, ``locs`` mu ``(K, D)`` and ``variances`` ``(K,)`` (spherical)
+or ``(K, D)`` (diag). The exact log-likelihood is
+:math:`\log p(x_n) = \operatorname{logsumexp}_k [\log\pi_k + \log N(x_n; \mu_k, \mathrm{diag}\, v_k)]`.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Literal, Optional
+
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro.distributions import constraints
+from pyro.infer import SVI, TraceEnum_ELBO, TraceGraph_ELBO, config_enumerate
+from pyro.optim import Adam
+from torch import nn
+from tqdm.auto import tqdm
+
+from pyro_vae.baselines.history import Fit, History, check_convergence, out_of_time
+from pyro_vae.errors import ConfigError
+
+CovarianceType = Literal["spherical", "diag"]
+
+
+COVARIANCE_TYPES = ("spherical", "diag")
+
+
+EPS = 10 * torch.finfo(torch.float64).eps  # added to each component's mass, as scikit-learn does
+
+
+def _check(covariance_type: str, num_components: int, x: torch.Tensor) -> None:
+    if covariance_type not in COVARIANCE_TYPES:
+        raise ConfigError(f"covariance_type: '{covariance_type}' is not one of {', '.join(COVARIANCE_TYPES)}")
+    if not 0 < num_components <= len(x):
+        raise ConfigError(f"num_components: {num_components} must be between 1 and the number of points ({len(x)})")
+
+
+def _variances_kd(variances: torch.Tensor, D: int) -> torch.Tensor:
+    """``(K, D)`` per-feature variances from ``(K,)`` (spherical) or ``(K, D)`` (diag)."""
+    return variances[:, None].expand(-1, D) if variances.dim() == 1 else variances
+
+
+def component_log_prob(x: torch.Tensor, locs: torch.Tensor, variances: torch.Tensor) -> torch.Tensor:
+    """log N(x_n; mu_k, diag v_k) for every point and component, ``(N, K)``."""
+    scale = _variances_kd(variances, locs.shape[1]).sqrt()
+    return dist.Normal(locs, scale).to_event(1).log_prob(x[:, None, :])
+
+
+@torch.no_grad()
+def log_likelihood(x: torch.Tensor, weights: torch.Tensor, locs: torch.Tensor, variances: torch.Tensor) -> float:
+    """Exact mean log p(x_n) (nats per data point)."""
+    x = x.double()
+    joint = weights.double().log() + component_log_prob(x, locs.double(), variances.double())
+    return float(torch.logsumexp(joint, -1).mean())
+
+
+def initial_params(x: torch.Tensor, num_components: int, covariance_type: CovarianceType = "diag",
+                   seed: int = 0) -> Dict[str, torch.Tensor]:
+    """Means at ``num_components`` distinct data points chosen by ``seed``, uniform weights, the data's variance."""
+    _check(covariance_type, num_components, x)
+    x = x.double()
+    g = torch.Generator().manual_seed(seed)
+    locs = x[torch.randperm(len(x), generator=g)[:num_components]].clone()
+    var = x.var(0, unbiased=False)
+    variances = var.mean().expand(num_components) if covariance_type == "spherical" else var.expand(num_components, -1)
+    return {"weights": torch.full((num_components,), 1.0 / num_components, dtype=torch.float64),
+            "locs": locs, "variances": variances.clone()}
+
+
+def em(x: torch.Tensor, num_components: int, covariance_type: CovarianceType = "diag", *, tol: float = 1e-8,
+       max_iter: int = 1000, init: Optional[Dict[str, torch.Tensor]] = None, seed: int = 0,
+       reg_covar: float = 0.0, seconds: Optional[float] = None) -> Fit:
+    r"""Exact EM in log space, the loop of scikit-learn's ``GaussianMixture`` (Dempster et al. 1977).
+
+    E-step: responsibilities :math:`r_{nk} = p(z_n = k | x_n)` by Bayes' rule, computed as
+    :math:`\log r_{nk} = \log\pi_k + \log N_{nk} - \operatorname{logsumexp}_j(\cdot)` so that far-away
+    points do not underflow. M-step: :math:`N_k = \sum_n r_{nk}`, :math:`\pi_k = N_k/N`,
+    :math:`\mu_k = \sum_n r_{nk}x_n/N_k`, :math:`v_k = \sum_n r_{nk}(x_n-\mu_k)^2/N_k` (+ ``reg_covar``),
+    averaged over features when spherical.
+
+    With ``reg_covar = 0`` each M-step is the exact maximizer, so the log-likelihood (recorded after
+    every iteration, iteration 0 being ``init``) never decreases; a positive ``reg_covar`` guards
+    against a component collapsing onto one point, at the price of that guarantee.
+    """
+    _check(covariance_type, num_components, x)
+    x = x.double()
+    params = initial_params(x, num_components, covariance_type, seed) if init is None else {k: v.double().clone() for k, v in init.items()}
+    weights, locs, variances = params["weights"], params["locs"], params["variances"]
+    history = History()
+    history.record(0, log_likelihood(x, weights, locs, variances))
+    converged, it = False, 0
+    while it < max_iter and not converged and not out_of_time(history, seconds):
+        it += 1
+        joint = weights.log() + component_log_prob(x, locs, variances)  # (N, K)
+        resp = (joint - torch.logsumexp(joint, -1, keepdim=True)).exp()
+        nk = resp.sum(0) + EPS
+        weights = nk / len(x)
+        locs = resp.T @ x / nk[:, None]
+        variances = resp.T @ x.square() / nk[:, None] - locs.square() + reg_covar
+        if covariance_type == "spherical":
+            variances = variances.mean(1)
+        if not bool((variances > 0).all()):
+            raise ConfigError(f"gmm em: a component collapsed onto a single point at iteration {it}; "
+                              "set reg_covar > 0 or use fewer components")
+        history.record(it, log_likelihood(x, weights, locs, variances))
+        converged = check_convergence(history, tol, max_iter, "GMM EM")
+    return Fit({"weights": weights, "locs": locs, "variances": variances}, history, iterations=it,
+               converged=converged, kind=f"gmm_{covariance_type}")
+
+
+def model(x: torch.Tensor, init: Dict[str, torch.Tensor]) -> None:
+    """The mixture as a Pyro model; pi, mu, v are point estimates (``pyro.param``) started at ``init``."""
+    weights = pyro.param("weights", lambda: init["weights"].clone(), constraint=constraints.simplex)
+    locs = pyro.param("locs", lambda: init["locs"].clone())
+    variances = pyro.param("variances", lambda: init["variances"].clone(), constraint=constraints.positive)
+    scale = _variances_kd(variances, locs.shape[1]).sqrt()  # (K, D)
+    with pyro.plate("data", len(x)):
+        z = pyro.sample("z", dist.Categorical(weights))  # (N,), or (K, 1) when enumerated
+        pyro.sample("x", dist.Normal(locs[z], scale[z]).to_event(1), obs=x)
+
+
+def _empty_guide(x: torch.Tensor, init: Dict[str, torch.Tensor]) -> None:
+    """z is summed out by enumeration in the model and the globals are point estimates: nothing to sample."""
+
+
+class CategoricalEncoder(nn.Module):
+    """Amortized q(z|x) = Categorical(softmax(f(x))) with an MLP f, and an MLP baseline b(x) for the score function."""
+
+    def __init__(self, x_dim: int, num_components: int, hidden: int = 32):
+        super().__init__()
+        self.logits = nn.Sequential(nn.Linear(x_dim, hidden), nn.Tanh(), nn.Linear(hidden, num_components))
+        self.baseline = nn.Sequential(nn.Linear(x_dim, hidden), nn.Tanh(), nn.Linear(hidden, 1), nn.Flatten(0))  # (N,)
+
+    def guide(self, x: torch.Tensor, init: Dict[str, torch.Tensor]) -> None:
+        pyro.module("encoder", self)
+        with pyro.plate("data", len(x)):
+            # a per-point learned baseline b(x_n) reduces the REINFORCE variance; the plate lets
+            # TraceGraph_ELBO keep only x_n's own cost in z_n's gradient (Rao-Blackwellization)
+            pyro.sample("z", dist.Categorical(logits=self.logits(x)),
+                        infer={"baseline": {"nn_baseline": self.baseline, "nn_baseline_input": x}})
+
+
+def _svi_fit(x: torch.Tensor, model_fn, guide, loss, init: Dict[str, torch.Tensor], steps: int, lr: float,
+             eval_every: int, kind: str, progress: bool, seconds: Optional[float] = None, modules=None) -> Fit:
+    """Full-batch Adam on ``loss`` for ``steps`` steps (or ``seconds``); the exact log-likelihood is recorded
+    every ``eval_every`` steps, off the clock."""
+    history = History()
+    store = pyro.get_param_store()
+    svi = SVI(model_fn, guide, Adam({"lr": lr}), loss=loss)
+
+    def current():
+        return {k: store[k].detach() for k in ("weights", "locs", "variances")}
+
+    elbo = float("nan")
+    for step in tqdm(range(steps + 1), disable=not progress, desc=kind, unit="step"):
+        if step and out_of_time(history, seconds):
+            if history.rows[-1]["iteration"] != step - 1:
+                with history.paused(), torch.no_grad():
+                    history.record(step - 1, log_likelihood(x, **current()), elbo=elbo)
+            break
+        if step:
+            elbo = -svi.step(x, init) / len(x)
+        else:
+            with history.paused():
+                elbo = -svi.evaluate_loss(x, init) / len(x)  # also creates the params, at init
+        if step % eval_every == 0 or step == steps:
+            with history.paused(), torch.no_grad():
+                history.record(step, log_likelihood(x, **current()), elbo=elbo)
+    return Fit(current(), history, iterations=int(history.rows[-1]["iteration"]), converged=True, kind=kind,
+               modules=modules or {})
+
+
+def svi_enumerated(x: torch.Tensor, init: Dict[str, torch.Tensor], *, steps: int = 500, lr: float = 0.05,
+                   eval_every: int = 10, progress: bool = False, seconds: Optional[float] = None) -> Fit:
+    r"""SVI with z summed out exactly (``TraceEnum_ELBO`` + ``config_enumerate``): the loss is exactly
+    :math:`-\sum_n \log p(x_n)`, so this is gradient ascent on the log-likelihood of the point-estimate globals."""
+    x = x.double()
+    pyro.clear_param_store()
+    loss = TraceEnum_ELBO(max_plate_nesting=1)
+    return _svi_fit(x, config_enumerate(model, "parallel"), _empty_guide, loss, init, steps, lr, eval_every,
+                    "gmm_enumerated_svi", progress, seconds)
+
+
+def svi_amortized(x: torch.Tensor, init: Dict[str, torch.Tensor], *, steps: int = 500, lr: float = 0.05,
+                  eval_every: int = 10, hidden: int = 32, num_particles: int = 1, seed: int = 0,
+                  progress: bool = False, seconds: Optional[float] = None) -> Fit:
+    r"""SVI with an amortized categorical guide q(z|x) and score-function gradients (``TraceGraph_ELBO``).
+
+    z cannot be reparameterized, so :math:`\nabla_\phi \mathbb{E}_q[f] = \mathbb{E}_q[f\,\nabla_\phi\log q]`
+    (REINFORCE) with a learned baseline; the objective is the ELBO, below the log-likelihood by
+    :math:`\mathrm{KL}(q(z|x)\,\|\,p(z|x))`. The reported log-likelihood is exact for the learned globals.
+    """
+    x = x.double()
+    pyro.clear_param_store()
+    torch.manual_seed(seed)
+    encoder = CategoricalEncoder(x.shape[1], len(init["weights"]), hidden).double()
+    loss = TraceGraph_ELBO(num_particles=num_particles, vectorize_particles=num_particles > 1, max_plate_nesting=1)
+    return _svi_fit(x, model, encoder.guide, loss, init, steps, lr, eval_every, "gmm_amortized_svi", progress,
+                    seconds, modules={"encoder": encoder})

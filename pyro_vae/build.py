@@ -1,0 +1,71 @@
+"""Build a :class:`VAE` (and load its data, on its device) from a validated config."""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Optional, Sequence, Union
+
+import pyro
+import torch
+
+from pyro_vae.components.decoders import DECODERS
+from pyro_vae.components.guides import GUIDES
+from pyro_vae.components.likelihoods import LIKELIHOODS
+from pyro_vae.components.priors import PRIORS
+from pyro_vae.config import Config, validate
+from pyro_vae.data import load_data
+from pyro_vae.errors import ConfigError
+from pyro_vae.model import VAE
+
+
+def build_vae(config: Union[Config, Dict[str, Any]], x_dim: int, image_shape: Optional[Sequence[int]] = None) -> VAE:
+    """A fresh VAE for data of dimension ``x_dim`` from ``config`` (a :class:`Config` or a raw mapping).
+
+    ``image_shape`` (the dataset's ``(H, W)`` or ``(C, H, W)``, ``None`` for non-image data) is
+    passed to the decoder and guide; the ``conv`` pair needs it and refuses to build without it.
+
+    Pyro's global param store is cleared first, so a stale parameter of an earlier model with
+    the same site names cannot shadow this one's.
+    """
+    cfg = config if isinstance(config, Config) else validate(config)
+    pyro.clear_param_store()
+    m = cfg.model
+    image_shape = tuple(image_shape) if image_shape is not None else None
+    likelihood = LIKELIHOODS.build(m.likelihood, x_dim)
+    return VAE(
+        prior=PRIORS.build(m.prior, m.latent_dim),
+        decoder=DECODERS.build(m.decoder, m.latent_dim, x_dim * likelihood.params_per_feature, image_shape),
+        likelihood=likelihood,
+        encoder=GUIDES.build(cfg.guide, x_dim, m.latent_dim, image_shape),
+        latent_dim=m.latent_dim,
+        x_dim=x_dim,
+    )
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (Pyro draws from torch's global generator)."""
+    pyro.set_rng_seed(seed)
+
+
+def prepare(cfg: Config, device: Optional[torch.device] = None):
+    """Load and check the data, then build the VAE on ``device`` (default: ``train.device``): every user error
+    surfaces here, before any file is written. The data stay on the CPU; batches move to the device."""
+    data = load_data(cfg.data.model_dump(), cfg.seed)
+    seed_everything(cfg.seed)
+    vae = build_vae(cfg, data.x_dim, data.image_shape)
+    vae.to(device if device is not None else resolve_device(cfg.train.device))
+    if cfg.data.binarize == "none":  # binarized splits are in {0, 1}; dynamic binarization keeps train grey on purpose
+        path = cfg.data.model_dump().get("path")
+        for split, x in data.splits().items():
+            vae.likelihood.check_data(x, where=f"data '{cfg.data.name}' {split} split" + (f" of {path}" if path else ""))
+    return data, vae
+
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """``cpu | cuda | auto`` -> a device; ``auto`` is CUDA when available. Rank ``r`` on a node takes GPU ``r``."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError("train.device: 'cuda' but torch.cuda.is_available() is False; use train.device=cpu or auto")
+        return torch.device("cuda", local_rank % torch.cuda.device_count())
+    return torch.device(name)

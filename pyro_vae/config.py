@@ -1,0 +1,279 @@
+"""The config schema (pydantic), YAML loading, and typed ``--set key=value`` overrides.
+
+Component sections (``model.prior``, ``model.decoder``, ``model.likelihood``, ``guide``,
+``data``) hold a ``name`` plus that component's own keys, validated against the registered
+class's constructor, so the schema grows with the registries.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Dict, List, Literal, Optional
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from pyro_vae.components.decoders import DECODERS
+from pyro_vae.components.guides import GUIDES
+from pyro_vae.components.likelihoods import LIKELIHOODS
+from pyro_vae.components.priors import PRIORS
+from pyro_vae.data import DATA_KEYS, DATASETS
+from pyro_vae.errors import ConfigError
+from pyro_vae.registry import Registry, format_error
+
+Spec = Dict[str, Any]
+
+
+MAX_SEED = 2**32 - 1  # pyro.set_rng_seed seeds NumPy's legacy generator, which takes 32 bits
+
+
+class Section(BaseModel):
+    # allow_inf_nan=False: a NaN or infinite number is refused here, naming its key, instead of surfacing
+    # later as a non-finite loss
+    model_config = ConfigDict(extra="forbid", validate_default=True, allow_inf_nan=False)
+
+
+def _resolve(registry: Registry, spec: Any, where: str, default: str) -> Spec:
+    """Resolve a component spec; ``"name"`` alone is short for ``{name: ...}``, and a spec that
+    sets keys but no name (``--set model.decoder.hidden=[16]``) refers to the default component."""
+    if isinstance(spec, str):
+        spec = {"name": spec}
+    if not isinstance(spec, dict):
+        raise ValueError(f"expected a mapping with a 'name' (got {spec!r})")
+    return registry.resolve({"name": default, **spec}, where=where)
+
+
+class DataConfig(Section):
+    """``data``: which dataset, how to split and binarize it; loader keys sit beside ``name``."""
+
+    model_config = ConfigDict(extra="allow", validate_default=True, allow_inf_nan=False)
+    name: str = "digits"  # a registered dataset (pyro-vae components); its own keys sit beside name
+    binarize: Literal["none", "static", "dynamic"] = "none"  # for Bernoulli likelihoods: one seeded draw, or a fresh one every epoch
+    val_fraction: float = Field(0.1, ge=0.0, lt=1.0)  # share of the points held out for validation (seeded split)
+    test_fraction: float = Field(0.1, ge=0.0, lt=1.0)  # share of the points held out for testing (seeded split)
+
+
+class ModelConfig(Section):
+    """``model``: the generative model p(z) p(x|z)."""
+
+    latent_dim: PositiveInt = 2  # dimension of z (latent.png shows 1 or 2 dimensions as they are, more on their first two principal axes)
+    prior: Spec = {"name": "normal"}  # p(z): a registered prior and its keys
+    decoder: Spec = {"name": "mlp"}  # g(z; theta): a registered decoder and its keys
+    likelihood: Spec = {"name": "normal"}  # p(x | g(z)): a registered likelihood and its keys
+
+    @field_validator("prior", mode="before")
+    @classmethod
+    def _prior(cls, v):
+        return _resolve(PRIORS, v, "model.prior", "normal")
+
+    @field_validator("decoder", mode="before")
+    @classmethod
+    def _decoder(cls, v):
+        return _resolve(DECODERS, v, "model.decoder", "mlp")
+
+    @field_validator("likelihood", mode="before")
+    @classmethod
+    def _likelihood(cls, v):
+        return _resolve(LIKELIHOODS, v, "model.likelihood", "normal")
+
+
+class InferenceConfig(Section):
+    """``inference``: the objective and its estimator."""
+
+    objective: Literal["elbo", "iwae", "renyi"] = "elbo"  # renyi: RenyiELBO(alpha); iwae is renyi with alpha = 0
+    estimator: Literal["reparam", "score_function"] = "reparam"  # score_function: TraceGraph_ELBO on a non-reparameterized q
+    kl: Literal["analytic", "monte_carlo"] = "analytic"  # TraceMeanField_ELBO (closed form where one exists) or Trace_ELBO
+    num_particles: PositiveInt = 1  # z samples per data point, vectorized
+    alpha: float = 0.0  # order of the Renyi bound (objective: renyi); alpha = 1 is the ELBO
+    beta: PositiveFloat = 1.0  # poutine.scale needs > 0
+    kl_warmup_epochs: NonNegativeInt = 0  # ramp beta linearly from 0 over this many epochs
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        """IWAE, Renyi and the score-function estimator have no closed-form KL term: an unset ``kl``
+        becomes ``monte_carlo`` (so config.yaml and the KL report say what is used), a set one is an error.
+
+        ConfigError (not ValueError) passes through pydantic unwrapped, so the message stays one clean line."""
+        if self.objective == "renyi" and self.alpha == 1.0:
+            raise ConfigError("inference.alpha: 1 makes the Renyi bound the ELBO; use inference.objective=elbo")
+        if self.objective != "elbo" and self.estimator == "score_function":
+            raise ConfigError("inference.estimator: score_function is supported with inference.objective=elbo only")
+        if self.objective != "elbo" or self.estimator == "score_function":
+            if self.kl == "analytic" and "kl" in self.model_fields_set:
+                what = f"objective={self.objective}" if self.objective != "elbo" else "estimator=score_function"
+                raise ConfigError(f"inference.kl: 'analytic' is not available with inference.{what}; set inference.kl=monte_carlo")
+            self.kl = "monte_carlo"
+        return self
+
+
+class OptimConfig(Section):
+    """``optim``: Adam and optional gradient-norm clipping."""
+
+    lr: PositiveFloat = 3e-3  # Adam's first step size (train.stop: plateau cuts it towards train.min_lr)
+    clip_norm: Optional[PositiveFloat] = None  # clip the global gradient norm to this (null: no clipping)
+
+
+class TrainConfig(Section):
+    """``train``: the loop, and when it stops (the rules are in ``stopping.py``)."""
+
+    epochs: PositiveInt = 1000  # the most passes over the training split (stop: epochs runs exactly this many)
+    stop: Literal["plateau", "epochs"] = "plateau"  # plateau: cut the step size when the validation ELBO stops improving, stop once it stops at min_lr; epochs: run all train.epochs
+    patience: PositiveInt = 20  # epochs without an improvement before a cut (or, at min_lr, the stop); with stop: epochs, only for summary.json's converged
+    min_delta: float = Field(0.1, ge=0.0)  # an improvement: validation ELBO more than this above the last improving epoch's (nats per point)
+    lr_factor: float = Field(0.5, gt=0.0, lt=1.0)  # a cut multiplies the step size (optim.lr at the start) by this
+    min_lr: float = Field(1e-4, ge=0.0)  # the step size is never cut below this; a plateau at it ends training (>= optim.lr: no cuts)
+    restore_best: bool = True  # end with the parameters of the epoch with the best validation ELBO (false: the last epoch's)
+    batch_size: PositiveInt = 64  # data points per step (the global batch under torch.distributed)
+    validate_args: bool = False  # Pyro's distribution checks: on in tests, off in the hot loop for speed
+    checkpoint_every_steps: Optional[PositiveInt] = None  # also checkpoint mid-epoch (None: at epoch ends only)
+    on_nonfinite: Literal["stop", "skip"] = "stop"  # a NaN/inf loss or gradient: stop, or skip that step
+    engine: Literal["auto", "pyro", "fused"] = "auto"  # pyro: Pyro's loss; fused: the same objective (elbo, iwae or renyi with the reparam estimator) without Pyro's tracing (fused.py); auto: fused where it covers the config, else pyro
+    compile: bool = False  # torch.compile the fused loss and its backward (the first compile takes seconds to a minute)
+    device: Literal["cpu", "cuda", "auto"] = "cpu"  # where parameters and batches live; auto: cuda if available
+
+
+class Config(Section):
+    """The whole run: every key has a default, so an empty file is the default run."""
+
+    seed: int = Field(0, ge=0, le=MAX_SEED)  # seeds the split, the initialisation and every random draw (at most 2**32 - 1)
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    guide: Spec = {"name": "mean_field"}  # q(z|x): a registered guide and its keys
+    inference: InferenceConfig = Field(default_factory=InferenceConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+    @field_validator("guide", mode="before")
+    @classmethod
+    def _guide(cls, v):
+        return _resolve(GUIDES, v, "guide", "mean_field")
+
+    def to_dict(self) -> Dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def hash(self) -> str:
+        """sha256 of the resolved config, to tie checkpoints to the config that made them."""
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _resolve_data(data: Dict[str, Any]) -> Dict[str, Any]:
+    return DATASETS.resolve(data, where="data", reserved=DATA_KEYS)
+
+
+def _valid_keys(loc: tuple) -> List[str]:
+    """Valid keys at ``loc`` (a path of section names), for 'did you mean' hints."""
+    model: Any = Config
+    for part in loc:
+        field = model.model_fields.get(part) if isinstance(model, type) and issubclass(model, BaseModel) else None
+        if field is None:
+            return []
+        model = field.annotation
+    if isinstance(model, type) and issubclass(model, BaseModel):
+        return list(model.model_fields)
+    return []
+
+
+def validate(raw: Dict[str, Any]) -> Config:
+    """Validate a raw config mapping into a :class:`Config` with every default filled in."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config: expected a mapping of sections (got {type(raw).__name__})")
+    try:
+        cfg = Config.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(format_error(err, prefix="", valid_keys=_valid_keys)) from None
+    data = _resolve_data(cfg.data.model_dump())
+    return cfg.model_copy(update={"data": DataConfig.model_validate(data)})
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (plain YAML keeps the last silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise ConfigError(f"'{key}' appears twice in one mapping (lines {seen[key] + 1} and "
+                                  f"{key_node.start_mark.line + 1}); keep one")
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
+def read_yaml(path: Path, error: type = ConfigError) -> Any:
+    """Parse the YAML file ``path`` (duplicate keys refused); every problem is one ``error`` naming the file."""
+    path = Path(path)
+    if path.is_dir():
+        raise error(f"{path}: is a directory, not a YAML config file")
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise error(f"{path}: config file not found") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise error(f"{path}: cannot read config ({getattr(err, 'strerror', None) or err.__class__.__name__})") from None
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)
+    except ConfigError as err:
+        raise error(f"{path}: {err}") from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        raise error(f"{path}: not valid YAML{f' at line {mark.line + 1}' if mark else ''}") from None
+
+
+def load(path: Optional[str | Path], overrides: List[str] = ()) -> Config:
+    """Read a YAML config (``None``: the default), apply ``key=value`` overrides, validate."""
+    raw: Dict[str, Any] = {}
+    if path is not None:
+        raw = read_yaml(Path(path)) or {}
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+    raw = apply_overrides(raw, overrides)
+    return validate(raw)
+
+
+def apply_overrides(raw: Dict[str, Any], overrides: List[str]) -> Dict[str, Any]:
+    """Apply ``a.b.c=value`` overrides; values are parsed as YAML (``3`` int, ``[64, 64]`` list, ``null``)."""
+    raw = copy.deepcopy(raw)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected key=value (for example model.latent_dim=8)")
+        key, text = item.split("=", 1)
+        parts = key.strip().split(".")
+        if not all(parts):
+            raise ConfigError(f"--set {key!r}: malformed key")
+        try:
+            value = yaml.safe_load(text) if text.strip() else ""
+        except yaml.YAMLError:
+            raise ConfigError(f"--set {key}: cannot parse value {text!r} as YAML") from None
+        node = raw
+        for i, part in enumerate(parts[:-1]):
+            child = node.get(part)
+            if isinstance(child, str) and i > 0:  # "prior: student_t" shorthand becomes a mapping
+                child = {"name": child}
+            if child is None:
+                child = {}
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {key}: '{'.'.join(parts[:i + 1])}' is not a section")
+            node[part] = child
+            node = child
+        node[parts[-1]] = value
+    return raw
+
+
+def dump(cfg: Config) -> str:
+    """The resolved config as YAML (what ``config.yaml`` in a run directory holds)."""
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)

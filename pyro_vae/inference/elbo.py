@@ -1,0 +1,114 @@
+"""The ELBO: Pyro's ``TraceMeanField_ELBO`` / ``Trace_ELBO`` and, beside them, the fused form that must equal them."""
+
+from __future__ import annotations
+
+from typing import Callable, Dict, Tuple
+
+import torch
+from pyro.distributions import is_validation_enabled
+from pyro.infer import ELBO, Trace_ELBO, TraceMeanField_ELBO
+
+from pyro_vae.components.guides import MeanFieldGuide
+from pyro_vae.components.priors import NormalPrior
+from pyro_vae.config import InferenceConfig
+from pyro_vae.inference.kl import ANALYTIC, MONTE_CARLO, analytic_kl
+from pyro_vae.model import VAE
+
+ELBOS = {ANALYTIC: TraceMeanField_ELBO, MONTE_CARLO: Trace_ELBO}
+
+
+def pyro_elbo(inference: InferenceConfig) -> ELBO:
+    k = inference.num_particles
+    return ELBOS[inference.kl](num_particles=k, vectorize_particles=k > 1, max_plate_nesting=1)
+
+
+def evaluation_elbo() -> ELBO:
+    """The ELBO itself (analytic KL where Pyro has one) whatever the training objective, so that
+    validation and test numbers mean the same thing for an IWAE-, Renyi- or score-function-trained run."""
+    return TraceMeanField_ELBO(max_plate_nesting=1)
+
+
+def fused_elbo_loss(vae: VAE, x: torch.Tensor, num_particles: int = 1, kl: str = ANALYTIC,
+                    kl_weight: float | torch.Tensor = 1.0) -> torch.Tensor:
+    r"""Minus the ELBO of ``x`` ``(batch, x_dim)``, summed over the batch (like Pyro's ``differentiable_loss``).
+
+    With ``K = num_particles`` draws ``z_k = q.rsample()`` from ``q = vae.encoder(x)`` and beta = ``kl_weight``:
+
+    .. math::
+
+        \mathcal{L} = \sum_b \Big[\frac{1}{K}\sum_k \log p(x_b | z_{kb})
+                      - \beta\, \mathrm{KL}\big(q(z|x_b) \,\|\, p(z)\big)\Big]
+
+    where the KL is closed-form when ``kl="analytic"`` and torch/Pyro register one for the pair
+    (as :class:`~pyro.infer.TraceMeanField_ELBO` does), else its one-sample Monte Carlo estimate
+    ``(1/K) sum_k [log q(z_kb|x_b) - log p(z_kb)]`` (as :class:`~pyro.infer.Trace_ELBO` does).
+
+    Randomness: Pyro's vectorized particles expand q to batch shape ``(K, batch)`` and draw once;
+    ``q.rsample((K,))`` draws the same standard variates in the same order, so the same seed gives
+    the same ``z``. With ``K == 1`` Pyro adds no particle dimension and neither does this.
+
+    The hot path builds no distribution it can do without: p(z) keeps batch shape ``()`` and
+    broadcasts against q's ``(batch,)`` (the data plate's ``expand`` would give the same values),
+    ``log p(x|z)`` is the likelihood's closed form, and a (guide, prior) pair in
+    :data:`CLOSED_FORMS` draws ``z`` and sums the KL without building q or p; unless validation is on.
+    """
+    closed = CLOSED_FORMS.get((type(vae.encoder), type(vae.prior))) if kl == ANALYTIC else None
+    if closed is not None and not is_validation_enabled():
+        z, kl_term = closed(vae, x, num_particles)
+    else:
+        q = vae.encoder(x)  # batch (B,), event (latent_dim,)
+        z = q.rsample((num_particles,)) if num_particles > 1 else q.rsample()  # (K, B, latent_dim) or (B, latent_dim)
+        p = vae.prior()  # batch (), event (latent_dim,)
+        kl_term = analytic_kl(q, p) if kl == ANALYTIC else None
+        if kl_term is None:
+            kl_term = _per_particle((q.log_prob(z) - p.log_prob(z)).sum(), num_particles)
+    log_lik = log_likelihood_of(vae, vae.decoder(z), x)  # (K, B) or (B,)
+    if not (isinstance(kl_weight, float) and kl_weight == 1.0):  # beta = 1 (a float): one op fewer, as Pyro skips scale
+        kl_term = kl_weight * kl_term
+    return kl_term - _per_particle(log_lik.sum(), num_particles)
+
+
+ClosedForm = Callable[[VAE, torch.Tensor, int], Tuple[torch.Tensor, torch.Tensor]]
+
+
+CLOSED_FORMS: Dict[Tuple[type, type], ClosedForm] = {}
+
+
+"""``(guide class, prior class) -> f(vae, x, num_particles) = (z, sum_b KL(q(z|x_b) || p))``: the reparameterized
+draw and the analytic KL written out on the tensors, where building q and p costs more than the arithmetic
+(~30 us a step at the digits shape). Each must give the generic path's numbers bit for bit (tests/test_fused.py)."""
+
+
+def closed_form(guide: type, prior: type) -> Callable[[ClosedForm], ClosedForm]:
+    """Register the decorated function as the closed form for the exact classes ``(guide, prior)``."""
+    def register(fn: ClosedForm) -> ClosedForm:
+        CLOSED_FORMS[guide, prior] = fn
+        return fn
+    return register
+
+
+@closed_form(MeanFieldGuide, NormalPrior)
+def _mean_field_normal(vae: VAE, x: torch.Tensor, num_particles: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    r"""q = N(mu, diag v^2) against p = N(m, diag s^2) (the prior's buffers, 0 and 1): ``z = mu + eps v`` with
+    ``eps`` drawn as ``Normal.rsample`` draws it, and torch's ``kl_normal_normal``,
+    :math:`\tfrac12 (r + ((\mu - m)/s)^2 - 1 - \log r)`, :math:`r = (v/s)^2`, in its own order of operations."""
+    loc, scale = vae.encoder.loc_scale(x)  # (B, latent_dim) each
+    shape = (num_particles, *loc.shape) if num_particles > 1 else loc.shape
+    z = loc + torch.empty(shape, dtype=loc.dtype, device=loc.device).normal_() * scale
+    prior = vae.prior
+    var_ratio = (scale / prior.scale).pow(2)
+    t1 = ((loc - prior.loc) / prior.scale).pow(2)
+    return z, (0.5 * (var_ratio + t1 - 1 - var_ratio.log())).sum()
+
+
+def _per_particle(total: torch.Tensor, num_particles: int) -> torch.Tensor:
+    return total / num_particles if num_particles > 1 else total  # x / 1 is x: skip the op and its backward
+
+
+def log_likelihood_of(vae: VAE, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``log p(x | z)`` ``params.shape[:-1]`` from the decoder output ``params``: the likelihood's closed form
+    (:meth:`~pyro_vae.likelihoods.Likelihood.log_prob`), or its distribution when validation is on, which
+    checks parameters and support (a NaN then raises where the Trainer can name the site)."""
+    if is_validation_enabled():
+        return vae.likelihood(params).log_prob(x)
+    return vae.likelihood.log_prob(params, x)

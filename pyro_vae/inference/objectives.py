@@ -1,0 +1,65 @@
+"""Which objective a config asks for: its Pyro loss, and its fused form where one covers the model."""
+
+from __future__ import annotations
+
+from typing import Callable, Dict, Optional, Tuple
+
+import torch
+from pyro.infer import ELBO
+
+from pyro_vae.config import InferenceConfig
+from pyro_vae.inference.elbo import pyro_elbo, fused_elbo_loss
+from pyro_vae.inference.kl import ANALYTIC
+from pyro_vae.inference.renyi import pyro_renyi, fused_renyi_loss
+from pyro_vae.inference.score_function import pyro_score_function
+from pyro_vae.model import VAE
+
+# (objective, estimator) -> builder; a combination missing here is rejected by InferenceConfig
+OBJECTIVES: Dict[tuple, Callable[[InferenceConfig], ELBO]] = {
+    ("elbo", "reparam"): pyro_elbo,
+    ("iwae", "reparam"): pyro_renyi(0.0),
+    ("renyi", "reparam"): pyro_renyi(None),
+    ("elbo", "score_function"): pyro_score_function,
+}
+
+
+def build_elbo(inference: InferenceConfig) -> ELBO:
+    """The Pyro loss for ``inference``; every one has ``differentiable_loss(model, guide, x)`` (a sum over the batch).
+
+    - ``objective: elbo`` -- ``kl: analytic`` -> ``TraceMeanField_ELBO`` (closed-form KL(q || p) per
+      site where Pyro has one, Monte Carlo otherwise); ``kl: monte_carlo`` -> ``Trace_ELBO``;
+    - ``objective: iwae`` / ``renyi`` -> :class:`RenyiBound` with alpha 0 / ``inference.alpha``;
+    - ``estimator: score_function`` -> :class:`ScoreFunctionELBO`.
+
+    Particles are vectorized: one batched pass draws ``num_particles`` z per data point.
+    """
+    return OBJECTIVES[(inference.objective, inference.estimator)](inference)
+
+
+# objective -> (the fused loss, its argument after num_particles read from the inference config)
+LOSSES: Dict[str, Tuple[Callable, Callable]] = {
+    "elbo": (fused_elbo_loss, lambda inference: getattr(inference, "kl", ANALYTIC)),
+    "iwae": (fused_renyi_loss, lambda inference: 0.0),
+    "renyi": (fused_renyi_loss, lambda inference: inference.alpha),
+}
+
+
+def unsupported_reason(vae: VAE, inference, probe: Optional[torch.Tensor] = None) -> Optional[str]:
+    """Why the fused loss cannot stand in for Pyro's here (``None``: it can).
+
+    It covers the objectives in :data:`LOSSES` with ``estimator: reparam`` (older configs without
+    those fields are ``elbo`` with ``reparam``) on the stock :class:`VAE` model and guide, with a
+    guide that can ``rsample``.
+    """
+    objective = getattr(inference, "objective", "elbo")
+    estimator = getattr(inference, "estimator", "reparam")
+    if objective not in LOSSES or estimator != "reparam":
+        return (f"inference.objective={objective}, inference.estimator={estimator} "
+                f"(fused covers {', '.join(LOSSES)} with reparam)")
+    if type(vae).model is not VAE.model or type(vae).guide is not VAE.guide:
+        return f"{type(vae).__name__} overrides model/guide"
+    if probe is not None:
+        with torch.no_grad():
+            if not vae.encoder(probe[:1]).has_rsample:
+                return f"guide {type(vae.encoder).__name__} is not reparameterized"
+    return None
