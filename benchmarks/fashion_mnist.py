@@ -66,7 +66,7 @@ def paired_difference(values: torch.Tensor, reference: torch.Tensor) -> Dict[str
 
 
 def load(cfg, args):
-    data = load_data(cfg.data.model_dump(), cfg.seed)
+    data = load_data(cfg.data, cfg.seed)
     if args.train_points is not None:  # a smaller budget: the first rows of train and val
         data.train, data.val = data.train[: args.train_points], data.val[: args.train_points // 2]
     return data
@@ -77,7 +77,7 @@ def train_pyro_vae(name: str, objective: str, k: int, args, test: torch.Tensor) 
     data = load(cfg, args)
     pyro.set_rng_seed(cfg.seed)
     vae = build_vae(cfg, data.x_dim)
-    trainer = Trainer(cfg, data, vae, progress=False)
+    trainer = Trainer.from_config(cfg, data, vae, progress=False)
     start = time.perf_counter()
     trainer.fit()
     seconds = time.perf_counter() - start
@@ -139,7 +139,7 @@ def main(argv=None) -> int:
     if os.getloadavg()[0] > (os.cpu_count() or 1):
         torch.set_num_threads(1)  # oversubscribed OpenMP threads spin (see benchmarks/__main__.py)
     cfg = validate_config(config("elbo", 1, args))
-    test = load_data(cfg.data.model_dump(), cfg.seed).test[: args.test_points]
+    test = load_data(cfg.data, cfg.seed).test[: args.test_points]
     rows = [train_reference(args, test)]
     reference = rows[0].pop("values")
     for name, objective, k in (("VAE", "elbo", 1), ("IWAE k=5", "iwae", 5), ("IWAE k=50", "iwae", 50)):

@@ -25,7 +25,7 @@ import pyro
 import torch
 
 from pyro_vae import validate_config
-from pyro_vae.data import Dataset, load_data
+from pyro_vae.data import DATASETS, Dataset, load_data
 from pyro_vae.training.trainer import Trainer
 
 from .reference import TorchVAE, svi_epoch_fn, torch_epoch
@@ -66,8 +66,8 @@ QUICK = [CASES[0], CASES[2]]
 def dataset(case: Case, seed: int = 0) -> Dataset:
     """The case's training data: the digits, or uniform grey values (Bernoulli draws of them for ``bernoulli``)."""
     if case.data == "digits":
-        spec = {"name": "digits", "binarize": "static" if case.likelihood == "bernoulli" else "none",
-                "val_fraction": 0.1, "test_fraction": 0.1}
+        spec = DATASETS.resolve({"name": "digits", "binarize": "static" if case.likelihood == "bernoulli" else "none",
+                                 "val_fraction": 0.1, "test_fraction": 0.1}, where="data")
         return load_data(spec, seed)
     g = torch.Generator().manual_seed(seed)
     x = torch.rand(case.n_train, case.x_dim, generator=g)
@@ -95,7 +95,7 @@ def trainer_epoch_fn(case: Case, data: Dataset, **train) -> Callable[[], int]:
     cfg = config(case, **train)
     pyro.set_rng_seed(0)
     vae = build_vae(cfg, data.x_dim).to(resolve_device(cfg.train.device))
-    trainer = Trainer(cfg, data, vae, progress=False)
+    trainer = Trainer.from_config(cfg, data, vae, progress=False)
 
     def epoch() -> int:
         trainer.train_epoch(None)

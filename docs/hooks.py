@@ -100,6 +100,7 @@ def config_table() -> str:
     from pydantic import BaseModel
 
     from pyro_vae.config import Config
+    from pyro_vae.registry import ComponentSpec
 
     rows = ["| key | type | default | meaning |", "|---|---|---|---|"]
 
@@ -108,14 +109,15 @@ def config_table() -> str:
         for name, field in model.model_fields.items():
             key = f"{prefix}{name}"
             ann = field.annotation
-            if isinstance(ann, type) and issubclass(ann, BaseModel):
+            # a section, walked key by key; a field typed as the bare spec base holds any registered component
+            if isinstance(ann, type) and issubclass(ann, BaseModel) and ann is not ComponentSpec:
                 doc = (inspect.getdoc(ann) or "").splitlines()[0]
                 rows.append(f"| **`{key}`** | section | | {_esc(doc)} |")
                 walk(ann, key + ".")
                 continue
             default = field.get_default(call_default_factory=True)
-            if isinstance(default, dict) and "name" in default:  # a component section
-                rows.append(f"| `{key}.name` | component | `{default['name']}` | one of the "
+            if isinstance(default, ComponentSpec):  # a component section
+                rows.append(f"| `{key}.name` | component | `{default.name}` | one of the "
                             f"[registered components](components.md); its own keys sit beside `name` |")
                 continue
             meaning = comments.get(name, "")

@@ -18,7 +18,7 @@ out = Path("runs/examples/plain_pyro_svi")
 out.mkdir(parents=True, exist_ok=True)
 
 cfg = load_config(None, ["model.latent_dim=2"] + (["model.decoder.hidden=[16]", "guide.hidden=[16]"] if CI else []))
-data = load_data(cfg.data.model_dump(), cfg.seed)
+data = load_data(cfg.data, cfg.seed)
 pyro.set_rng_seed(cfg.seed)
 vae = build_vae(cfg, data.x_dim)  # an nn.Module; vae.model and vae.guide are plain Pyro programs
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Sequence, Union
+from typing import Optional, Sequence
 
 import pyro
 import torch
@@ -11,14 +11,14 @@ from pyro_vae.components.decoders import DECODERS
 from pyro_vae.components.guides import GUIDES
 from pyro_vae.components.likelihoods import LIKELIHOODS
 from pyro_vae.components.priors import PRIORS
-from pyro_vae.config import Config, validate
+from pyro_vae.config import Config
 from pyro_vae.data import load_data
 from pyro_vae.errors import ConfigError
 from pyro_vae.model import VAE
 
 
-def build_vae(config: Union[Config, Dict[str, Any]], x_dim: int, image_shape: Optional[Sequence[int]] = None) -> VAE:
-    """A fresh VAE for data of dimension ``x_dim`` from ``config`` (a :class:`Config` or a raw mapping).
+def build_vae(cfg: Config, x_dim: int, image_shape: Optional[Sequence[int]] = None) -> VAE:
+    """A fresh VAE for data of dimension ``x_dim`` from the validated ``cfg``'s component specs.
 
     ``image_shape`` (the dataset's ``(H, W)`` or ``(C, H, W)``, ``None`` for non-image data) is
     passed to the decoder and guide; the ``conv`` pair needs it and refuses to build without it.
@@ -26,7 +26,6 @@ def build_vae(config: Union[Config, Dict[str, Any]], x_dim: int, image_shape: Op
     Pyro's global param store is cleared first, so a stale parameter of an earlier model with
     the same site names cannot shadow this one's.
     """
-    cfg = config if isinstance(config, Config) else validate(config)
     pyro.clear_param_store()
     m = cfg.model
     image_shape = tuple(image_shape) if image_shape is not None else None
@@ -49,12 +48,12 @@ def seed_everything(seed: int) -> None:
 def prepare(cfg: Config, device: Optional[torch.device] = None):
     """Load and check the data, then build the VAE on ``device`` (default: ``train.device``): every user error
     surfaces here, before any file is written. The data stay on the CPU; batches move to the device."""
-    data = load_data(cfg.data.model_dump(), cfg.seed)
+    data = load_data(cfg.data, cfg.seed)
     seed_everything(cfg.seed)
     vae = build_vae(cfg, data.x_dim, data.image_shape)
     vae.to(device if device is not None else resolve_device(cfg.train.device))
     if cfg.data.binarize == "none":  # binarized splits are in {0, 1}; dynamic binarization keeps train grey on purpose
-        path = cfg.data.model_dump().get("path")
+        path = cfg.data.source
         for split, x in data.splits().items():
             vae.likelihood.check_data(x, where=f"data '{cfg.data.name}' {split} split" + (f" of {path}" if path else ""))
     return data, vae

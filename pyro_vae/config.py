@@ -1,8 +1,9 @@
 """The config schema (pydantic), YAML loading, and typed ``--set key=value`` overrides.
 
 Component sections (``model.prior``, ``model.decoder``, ``model.likelihood``, ``guide``,
-``data``) hold a ``name`` plus that component's own keys, validated against the registered
-class's constructor, so the schema grows with the registries.
+``data``) hold the validated spec of a registered component (:class:`pyro_vae.registry.ComponentSpec`):
+its ``name`` plus its own keys as typed fields, made from the registered class's constructor, so the
+schema grows with the registries. ``Config.to_dict`` flattens each spec back to ``{name: ..., **keys}``.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import copy
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Dict, List, Literal, Optional
+from typing import Any, Callable, Dict, List, Literal, Optional
 
 import yaml
 from pydantic import (
@@ -21,23 +22,24 @@ from pydantic import (
     NonNegativeInt,
     PositiveFloat,
     PositiveInt,
+    SerializeAsAny,
+    TypeAdapter,
     ValidationError,
     field_validator,
     model_validator,
 )
 
-from pyro_vae.components.decoders import DECODERS
-from pyro_vae.components.guides import GUIDES
-from pyro_vae.components.likelihoods import LIKELIHOODS
-from pyro_vae.components.priors import PRIORS
-from pyro_vae.data import DATA_KEYS, DATASETS
+from pyro_vae.components.catalog import ALL_REGISTRIES
+from pyro_vae.data import DataConfig
 from pyro_vae.errors import ConfigError
-from pyro_vae.registry import Registry, format_error
-
-Spec = Dict[str, Any]
-
+from pyro_vae.registry import AnySpec, ComponentSpec, format_error
 
 MAX_SEED = 2**32 - 1  # pyro.set_rng_seed seeds NumPy's legacy generator, which takes 32 bits
+
+
+# component section -> its default component, which a spec that sets keys but no name refers to
+DEFAULT_COMPONENTS = {"model.prior": "normal", "model.decoder": "mlp", "model.likelihood": "normal",
+                      "guide": "mean_field", "data": "digits"}
 
 
 class Section(BaseModel):
@@ -46,48 +48,64 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_default=True, allow_inf_nan=False)
 
 
-def _resolve(registry: Registry, spec: Any, where: str, default: str) -> Spec:
-    """Resolve a component spec; ``"name"`` alone is short for ``{name: ...}``, and a spec that
-    sets keys but no name (``--set model.decoder.hidden=[16]``) refers to the default component."""
+def _resolve(spec: Any, where: str) -> ComponentSpec:
+    """Resolve the component spec of section ``where``; ``"name"`` alone is short for ``{name: ...}``, and a
+    spec that sets keys but no name (``--set model.decoder.hidden=[16]``) refers to the default component.
+    A spec that the section's registry made (a default, or a section of another config) is kept as it is."""
+    registry = ALL_REGISTRIES[where]
+    if isinstance(spec, ComponentSpec):
+        if not registry.owns(spec):
+            raise ValueError(f"expected a {registry.kind} spec from its registry's resolve() (got {type(spec).__name__})")
+        return spec
     if isinstance(spec, str):
         spec = {"name": spec}
     if not isinstance(spec, dict):
         raise ValueError(f"expected a mapping with a 'name' (got {spec!r})")
-    return registry.resolve({"name": default, **spec}, where=where)
+    return registry.resolve({"name": DEFAULT_COMPONENTS[where], **spec}, where=where)
 
 
-class DataConfig(Section):
-    """``data``: which dataset, how to split and binarize it; loader keys sit beside ``name``."""
+def _default(where: str) -> Callable[[], ComponentSpec]:
+    """The default factory of section ``where``: its default component's spec (a fresh object for every config)."""
+    return lambda: ALL_REGISTRIES[where].resolve({"name": DEFAULT_COMPONENTS[where]}, where=where)
 
-    model_config = ConfigDict(extra="allow", validate_default=True, allow_inf_nan=False)
-    name: str = "digits"  # a registered dataset (pyro-vae components); its own keys sit beside name
-    binarize: Literal["none", "static", "dynamic"] = "none"  # for Bernoulli likelihoods: one seeded draw, or a fresh one every epoch
-    val_fraction: float = Field(0.1, ge=0.0, lt=1.0)  # share of the points held out for validation (seeded split)
-    test_fraction: float = Field(0.1, ge=0.0, lt=1.0)  # share of the points held out for testing (seeded split)
+
+_DATA_NAME = TypeAdapter(DataConfig.model_fields["name"].annotation)
+
+
+def _resolve_data(data: Any) -> Any:
+    """The ``data`` section as its dataset's spec; a non-mapping is left for pydantic to refuse as not a DataConfig.
+
+    ``data.name`` is checked as the typed field it is before the lookup, so ``name: 5`` reads as a wrong type."""
+    if isinstance(data, dict) and "name" in data:
+        try:
+            _DATA_NAME.validate_python(data["name"])
+        except ValidationError as err:
+            raise ConfigError(format_error(err, prefix="data.name", valid_keys=lambda loc: [])) from None
+    return _resolve(data, "data") if isinstance(data, (dict, ComponentSpec)) else data
 
 
 class ModelConfig(Section):
     """``model``: the generative model p(z) p(x|z)."""
 
     latent_dim: PositiveInt = 2  # dimension of z (latent.png shows 1 or 2 dimensions as they are, more on their first two principal axes)
-    prior: Spec = {"name": "normal"}  # p(z): a registered prior and its keys
-    decoder: Spec = {"name": "mlp"}  # g(z; theta): a registered decoder and its keys
-    likelihood: Spec = {"name": "normal"}  # p(x | g(z)): a registered likelihood and its keys
+    prior: AnySpec = Field(default_factory=_default("model.prior"))  # p(z): a registered prior and its keys
+    decoder: AnySpec = Field(default_factory=_default("model.decoder"))  # g(z; theta): a registered decoder and its keys
+    likelihood: AnySpec = Field(default_factory=_default("model.likelihood"))  # p(x | g(z)): a registered likelihood and its keys
 
     @field_validator("prior", mode="before")
     @classmethod
     def _prior(cls, v):
-        return _resolve(PRIORS, v, "model.prior", "normal")
+        return _resolve(v, "model.prior")
 
     @field_validator("decoder", mode="before")
     @classmethod
     def _decoder(cls, v):
-        return _resolve(DECODERS, v, "model.decoder", "mlp")
+        return _resolve(v, "model.decoder")
 
     @field_validator("likelihood", mode="before")
     @classmethod
     def _likelihood(cls, v):
-        return _resolve(LIKELIHOODS, v, "model.likelihood", "normal")
+        return _resolve(v, "model.likelihood")
 
 
 class InferenceConfig(Section):
@@ -140,7 +158,7 @@ class TrainConfig(Section):
     validate_args: bool = False  # Pyro's distribution checks: on in tests, off in the hot loop for speed
     checkpoint_every_steps: Optional[PositiveInt] = None  # also checkpoint mid-epoch (None: at epoch ends only)
     on_nonfinite: Literal["stop", "skip"] = "stop"  # a NaN/inf loss or gradient: stop, or skip that step
-    engine: Literal["auto", "pyro", "fused"] = "auto"  # pyro: Pyro's loss; fused: the same objective (elbo, iwae or renyi with the reparam estimator) without Pyro's tracing (fused.py); auto: fused where it covers the config, else pyro
+    engine: Literal["auto", "pyro", "fused"] = "auto"  # pyro: Pyro's loss; fused: the same objective (elbo, iwae or renyi with the reparam estimator) without Pyro's tracing (inference/elbo.py, renyi.py); auto: fused where it covers the config, else pyro
     compile: bool = False  # torch.compile the fused loss and its backward (the first compile takes seconds to a minute)
     device: Literal["cpu", "cuda", "auto"] = "cpu"  # where parameters and batches live; auto: cuda if available
 
@@ -149,28 +167,30 @@ class Config(Section):
     """The whole run: every key has a default, so an empty file is the default run."""
 
     seed: int = Field(0, ge=0, le=MAX_SEED)  # seeds the split, the initialisation and every random draw (at most 2**32 - 1)
-    data: DataConfig = Field(default_factory=DataConfig)
+    data: SerializeAsAny[DataConfig] = Field(default_factory=_default("data"))
     model: ModelConfig = Field(default_factory=ModelConfig)
-    guide: Spec = {"name": "mean_field"}  # q(z|x): a registered guide and its keys
+    guide: AnySpec = Field(default_factory=_default("guide"))  # q(z|x): a registered guide and its keys
     inference: InferenceConfig = Field(default_factory=InferenceConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
 
+    @field_validator("data", mode="before")
+    @classmethod
+    def _data(cls, v):
+        return _resolve_data(v)
+
     @field_validator("guide", mode="before")
     @classmethod
     def _guide(cls, v):
-        return _resolve(GUIDES, v, "guide", "mean_field")
+        return _resolve(v, "guide")
 
     def to_dict(self) -> Dict[str, Any]:
+        """Plain data (what ``config.yaml`` holds): every section a mapping, each spec ``{name: ..., **its keys}``."""
         return self.model_dump(mode="json")
 
     def hash(self) -> str:
         """sha256 of the resolved config, to tie checkpoints to the config that made them."""
         return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
-
-
-def _resolve_data(data: Dict[str, Any]) -> Dict[str, Any]:
-    return DATASETS.resolve(data, where="data", reserved=DATA_KEYS)
 
 
 def _valid_keys(loc: tuple) -> List[str]:
@@ -193,11 +213,9 @@ def validate(raw: Dict[str, Any]) -> Config:
     if not isinstance(raw, dict):
         raise ConfigError(f"config: expected a mapping of sections (got {type(raw).__name__})")
     try:
-        cfg = Config.model_validate(raw)
+        return Config.model_validate(raw)
     except ValidationError as err:
         raise ConfigError(format_error(err, prefix="", valid_keys=_valid_keys)) from None
-    data = _resolve_data(cfg.data.model_dump())
-    return cfg.model_copy(update={"data": DataConfig.model_validate(data)})
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):

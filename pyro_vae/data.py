@@ -2,7 +2,8 @@
 
 Every loader returns arrays ``(N, x_dim)``; ``load_data`` checks them (``_check_split``, the one place
 that refuses bad data), splits them with a seeded permutation, casts them to float32 tensors, and
-binarizes them for Bernoulli likelihoods when asked.
+binarizes them for Bernoulli likelihoods when asked. :class:`DataConfig` is the ``data`` config
+section, the base of every dataset's spec.
 """
 
 from __future__ import annotations
@@ -16,23 +17,32 @@ from typing import Dict, Literal, Optional, Tuple
 
 import numpy as np
 import torch
-from pydantic import NonNegativeInt, PositiveFloat, PositiveInt
+from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt
 
 from pyro_vae.errors import DataError
-from pyro_vae.registry import Registry
-
-DATASETS = Registry("data")
+from pyro_vae.registry import ComponentSpec, Registry
 
 
-DATA_KEYS = ("binarize", "val_fraction", "test_fraction")  # keys of the data section itself
+class DataConfig(ComponentSpec):
+    """``data``: which dataset, how to split and binarize it; loader keys sit beside ``name``.
+
+    The spec that ``DATASETS`` makes for each dataset subclasses this with that loader's keyword arguments.
+    """
+
+    name: str = "digits"  # a registered dataset (pyro-vae components); its own keys sit beside name
+    binarize: Literal["none", "static", "dynamic"] = "none"  # for Bernoulli likelihoods: one seeded draw, or a fresh one every epoch
+    val_fraction: float = Field(0.1, ge=0.0, lt=1.0)  # share of the points held out for validation (seeded split)
+    test_fraction: float = Field(0.1, ge=0.0, lt=1.0)  # share of the points held out for testing (seeded split)
+
+    @property
+    def source(self) -> Optional[str]:
+        """The file or directory the dataset reads (its ``path`` key), or None for bundled or generated data."""
+        return getattr(self, "path", None)
 
 
+DATASETS = Registry("data", base=DataConfig)
 SPLITS = ("train", "val", "test")
-
-
 FLOAT32_MAX = float(np.finfo(np.float32).max)
-
-
 NPY_MAGIC = b"\x93NUMPY"
 
 
@@ -196,12 +206,8 @@ class SyntheticMixture:
 
 
 IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
-
-
 IDX_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
              "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
-
-
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"  # where Debian's dataset-fashion-mnist installs it
 
 
@@ -292,23 +298,22 @@ class FashionMnist(Mnist):
         return super().load()
 
 
-def load_data(spec: Dict, seed: int) -> Dataset:
-    """Load, check, split and binarize the dataset that the ``data`` config section names."""
-
-    raw = DATASETS.build(spec, reserved=DATA_KEYS).load()
-    where = spec.get("path") or spec["name"]
+def load_data(data: DataConfig, seed: int) -> Dataset:
+    """Load, check, split and binarize the dataset of ``data`` (``cfg.data``, or a spec from ``DATASETS.resolve``)."""
+    raw = DATASETS.build(data).load()
+    where = data.source or data.name
     if raw.splits is None:  # checked before splitting, so that a message's row is the file's row
         x, y = _check_split(raw.x, raw.labels, "x", where, raw.name("x"))
-        splits = _split(x, y, spec["val_fraction"], spec["test_fraction"], seed, where)
+        splits = _split(x, y, data.val_fraction, data.test_fraction, seed, where)
     else:
         splits = {s: _check_split(*raw.splits[s], s, where, raw.name(s)) for s in SPLITS}
     tensors = {s: torch.as_tensor(x, dtype=torch.float32) for s, (x, _) in splits.items()}
     labels = {s: None if y is None else torch.as_tensor(y) for s, (_, y) in splits.items()}
-    ds = Dataset(name=spec["name"], labels=labels, image_shape=raw.image_shape, binarize=spec["binarize"],
+    ds = Dataset(name=data.name, labels=labels, image_shape=raw.image_shape, binarize=data.binarize,
                  truth=None if raw.truth is None else {k: torch.as_tensor(v, dtype=torch.float32) for k, v in raw.truth.items()},
                  **tensors)
-    if spec["binarize"] != "none":
-        _binarize(ds, spec["binarize"], seed, where)
+    if data.binarize != "none":
+        _binarize(ds, data.binarize, seed, where)
     return ds
 
 

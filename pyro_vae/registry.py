@@ -1,4 +1,9 @@
-"""Registries of named components whose constructor keyword arguments are their config schema."""
+"""Registries of named components whose constructor keyword arguments are their config schema.
+
+Each registered component gets a spec model, a subclass of the registry's :class:`ComponentSpec`
+base with one typed field per keyword-only constructor argument; a config section holds an
+instance of it (``cfg.model.prior.df``), and :meth:`Registry.build` constructs the component from it.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +11,26 @@ import difflib
 import inspect
 import typing
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Generic, Iterable, Iterator, Tuple, TypeVar
+from typing import (
+    Any,
+    Callable,
+    Dict,
+    Generic,
+    Iterable,
+    Iterator,
+    Literal,
+    Mapping,
+    Tuple,
+    TypeVar,
+)
 
-from pydantic import BaseModel, ConfigDict, ValidationError, create_model
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    SerializeAsAny,
+    ValidationError,
+    create_model,
+)
 
 from pyro_vae.errors import ConfigError
 
@@ -19,13 +41,34 @@ def closest(key: str, options: Iterable[str]) -> str:
     return f" (did you mean '{match[0]}'?)" if match else ""
 
 
+class ComponentSpec(BaseModel):
+    """A validated component spec: the registered ``name``, plus (in the subclass that the registry makes
+    for each component) the component's keyword-only constructor arguments as typed fields.
+
+    A registry's base may add keys of the enclosing config section (``data.binarize``): they are fields of
+    every spec of that registry, never passed to the constructor.
+    """
+
+    # allow_inf_nan=False: a NaN or infinite number is refused here, naming its key, instead of surfacing
+    # later as a non-finite loss
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    name: str
+
+
+# A config field holding some registry's spec: annotated with the base class, so without SerializeAsAny
+# pydantic would dump only ``name`` and drop the component's own keys from config.yaml and the config hash.
+AnySpec = SerializeAsAny[ComponentSpec]
+
+
 @dataclass(frozen=True)
 class Entry:
-    """One registered component: its name, class and the schema of its keyword arguments."""
+    """One registered component: its name, class, spec model, and which of the spec's fields are constructor arguments."""
 
     name: str
     cls: type
-    schema: type[BaseModel]
+    spec: type[ComponentSpec]
+    params: Tuple[str, ...]  # the keyword-only constructor arguments (the spec's fields beyond the registry base's)
 
     @property
     def summary(self) -> str:
@@ -35,7 +78,8 @@ class Entry:
     def parameters(self) -> Dict[str, Tuple[str, Any]]:
         """``{param: (type name, default)}``; a required parameter has default ``...``."""
         out = {}
-        for key, field in self.schema.model_fields.items():
+        for key in self.params:
+            field = self.spec.model_fields[key]
             out[key] = (type_name(field.annotation, field.metadata), ... if field.is_required() else field.default)
         return out
 
@@ -60,8 +104,9 @@ def type_name(annotation: Any, metadata: list = ()) -> str:
     return name
 
 
-def _schema_from_signature(kind: str, name: str, cls: type) -> type[BaseModel]:
-    """A pydantic model of ``cls.__init__``'s keyword-only arguments (unknown keys forbidden).
+def _spec_from_signature(kind: str, name: str, cls: type, base: type[ComponentSpec]) -> Tuple[type[ComponentSpec], Tuple[str, ...]]:
+    """The spec model of ``cls``: ``base`` with ``name`` fixed and one field per keyword-only argument of
+    ``cls.__init__`` (unknown keys forbidden), and the names of those arguments.
 
     Positional arguments are the build context (``latent_dim``, ``x_dim``...), supplied by the
     builder, never by the user's config.
@@ -73,10 +118,15 @@ def _schema_from_signature(kind: str, name: str, cls: type) -> type[BaseModel]:
             continue
         if p.name not in hints:
             raise TypeError(f"{kind} '{name}': keyword argument '{p.name}' needs a type annotation")
+        if p.name in base.model_fields:
+            raise TypeError(f"{kind} '{name}': keyword argument '{p.name}' is a key of the {kind} section itself")
         default = ... if p.default is inspect.Parameter.empty else p.default
         fields[p.name] = (hints[p.name], default)
-    model_name = f"{kind}_{name}".replace("-", "_")
-    return create_model(model_name, __config__=ConfigDict(extra="forbid", allow_inf_nan=False), **fields)
+    spec = create_model(f"{kind}_{name}".replace("-", "_"), __base__=base, __module__=cls.__module__,
+                        __doc__=f"The validated config of {kind} '{name}': its name and {cls.__name__}'s keyword arguments.",
+                        name=(Literal[name], name), **fields)
+    spec.__qualname__ = f"{cls.__qualname__}.Spec"  # with cls.Spec (set by register), pickle finds the class
+    return spec, tuple(fields)
 
 
 E = TypeVar("E")
@@ -105,24 +155,34 @@ class Named(Generic[E]):
 
     def lookup(self, name: str, at: str) -> E:
         """The entry called ``name``; else a ConfigError for the config key or flag ``at``."""
-        if name not in self._entries:
+        if not isinstance(name, str) or name not in self._entries:  # a YAML number or list is never a name (nor hashable)
             raise ConfigError(f"{at}: unknown {self.kind} '{name}'{closest(name, self._entries)}; "
                               f"choose one of: {', '.join(self._entries)}")
         return self._entries[name]
 
 
 class Registry(Named[Entry]):
-    """Named components of one kind (priors, guides, ...), each built from a config spec.
+    """Named components of one kind (priors, guides, ...), each built from its validated spec.
 
-    A spec is a dict ``{"name": ..., **params}``; ``params`` are validated against the
-    component's keyword-only constructor arguments, so a misspelt key is an error, never
-    silently swallowed.
+    :meth:`resolve` validates a config mapping ``{"name": ..., **params}`` into the component's spec
+    model, so a misspelt key is an error, never silently swallowed; :meth:`build` constructs the
+    component from that spec. ``base`` is the spec base of every component of this kind.
     """
 
+    def __init__(self, kind: str, base: type[ComponentSpec] = ComponentSpec):
+        super().__init__(kind)
+        self.base = base
+
     def register(self, name: str) -> Callable[[type], type]:
+        """A class decorator registering the class under ``name``: its keyword-only constructor arguments,
+        with their type annotations, become the typed fields of its spec model (``cls.Spec``), which the
+        config section holds and :meth:`build` constructs the class from; its positional arguments are
+        the build context."""
+
         def decorator(cls: type) -> type:
-            self._add(name, Entry(name, cls, _schema_from_signature(self.kind, name, cls)))
-            cls.registry_name = name
+            entry = Entry(name, cls, *_spec_from_signature(self.kind, name, cls, self.base))
+            self._add(name, entry)
+            cls.registry_name, cls.Spec = name, entry.spec
             return cls
 
         return decorator
@@ -130,32 +190,32 @@ class Registry(Named[Entry]):
     def get(self, name: str, where: str = "") -> Entry:
         return self.lookup(name, f"{where}.name" if where else f"{self.kind} name")
 
-    def resolve(self, spec: Dict[str, Any], where: str = "", reserved: Iterable[str] = ()) -> Dict[str, Any]:
-        """Validate ``spec`` and return it with every default filled in.
+    def owns(self, spec: Any) -> bool:
+        """Whether ``spec`` is a spec that this registry's :meth:`resolve` makes (of a component registered here)."""
+        return isinstance(spec, ComponentSpec) and spec.name in self and type(spec) is self._entries[spec.name].spec
 
-        ``reserved`` keys belong to the enclosing section (for example ``data.binarize``) and
-        are passed through untouched.
+    def resolve(self, raw: Mapping[str, Any], where: str = "") -> ComponentSpec:
+        """Validate the mapping ``raw`` (a ``name`` and that component's keys) into its spec, every default filled in.
+
+        ``where`` is the config key of the section (``model.prior``), for the one-line error naming the key.
         """
-        spec = dict(spec)
-        name = spec.pop("name", None)
+        name = raw.get("name")
         if name is None:
             raise ConfigError(f"{where or self.kind}.name: missing; choose one of: {', '.join(self._entries)}")
         entry = self.get(name, where)
-        kept = {k: spec.pop(k) for k in list(spec) if k in set(reserved)}
         try:
-            params = entry.schema.model_validate(spec).model_dump()
+            return entry.spec.model_validate(dict(raw))
         except ValidationError as err:
-            valid = list(entry.schema.model_fields) + list(reserved)
+            valid = [k for k in entry.spec.model_fields if k != "name"]
             raise ConfigError(format_error(err, prefix=where, valid_keys=lambda loc: valid, what=f"{self.kind} '{name}'")) from None
-        return {"name": name, **kept, **params}
 
-    def build(self, spec: Dict[str, Any], *context: Any, reserved: Iterable[str] = ()) -> Any:
-        """Construct the component named by ``spec`` with ``context`` as positional arguments."""
-        spec = dict(spec)
-        for key in reserved:
-            spec.pop(key, None)
-        entry = self.get(spec.pop("name"))
-        return entry.cls(*context, **spec)
+    def build(self, spec: ComponentSpec, *context: Any) -> Any:
+        """Construct the component that ``spec`` (from :meth:`resolve`) names, with ``context`` as positional
+        arguments and the spec's constructor fields as keyword arguments."""
+        if not self.owns(spec):
+            raise TypeError(f"{self.kind} registry: build takes a spec from resolve() of a registered {self.kind} (got {spec!r})")
+        entry = self._entries[spec.name]
+        return entry.cls(*context, **{key: getattr(spec, key) for key in entry.params})
 
 
 def format_error(err: ValidationError, prefix: str, valid_keys: Callable[[tuple], Iterable[str]], what: str = "") -> str:

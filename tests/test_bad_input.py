@@ -358,7 +358,7 @@ def test_an_unreadable_checkpoint_falls_back_to_the_previous_one(finished, tmp_p
 
 def test_disk_full_while_checkpointing_is_one_line_and_keeps_the_last_checkpoint(finished, tmp_path, monkeypatch, capsys):
     """ENOSPC at the first checkpoint after step 0: exit 2, one line naming the cause, checkpoint.pt still whole."""
-    from pyro_vae.runs.rundir import RunDir, decode_checkpoint
+    from pyro_vae.rundir import RunDir, decode_checkpoint
 
     root = broken_copy(finished, tmp_path, monkeypatch, lambda run: None)
     real, calls = os.fsync, []

@@ -1,19 +1,25 @@
 """Config schema, defaults, typed overrides and one-line errors that name the key."""
 
+import pickle
+
 import pytest
 import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pyro_vae.components.likelihoods import LIKELIHOODS
+from pyro_vae.components.priors import PRIORS, StudentTPrior
 from pyro_vae.config import apply_overrides, dump, load, validate
+from pyro_vae.data import DataConfig
 from pyro_vae.errors import ConfigError
+from pyro_vae.registry import ComponentSpec
 
 
 def test_empty_config_is_the_default_and_round_trips(tmp_path):
     cfg = validate({})
-    assert cfg.model.prior == {"name": "normal"}
-    assert cfg.model.likelihood == {"name": "normal", "scale": 0.1, "learn_scale": "none"}
-    assert cfg.guide["name"] == "mean_field" and cfg.data.name == "digits"
+    assert cfg.model.prior.model_dump() == {"name": "normal"}
+    assert cfg.model.likelihood.model_dump() == {"name": "normal", "scale": 0.1, "learn_scale": "none"}
+    assert cfg.guide.name == "mean_field" and cfg.data.name == "digits"
     path = tmp_path / "c.yaml"
     path.write_text(dump(cfg))
     assert load(path) == cfg
@@ -23,9 +29,58 @@ def test_overrides_are_typed_and_component_keys_sit_beside_name():
     cfg = load(None, ["model.latent_dim=8", "model.prior.name=student_t", "model.prior.df=5",
                       "model.decoder.hidden=[32, 16]", "optim.clip_norm=null", "train.validate_args=true"])
     assert cfg.model.latent_dim == 8
-    assert cfg.model.prior == {"name": "student_t", "df": 5.0}
-    assert cfg.model.decoder["hidden"] == [32, 16]
+    assert cfg.model.prior.model_dump() == {"name": "student_t", "df": 5.0}
+    assert cfg.model.decoder.hidden == [32, 16]
     assert cfg.optim.clip_norm is None and cfg.train.validate_args is True
+
+
+def test_component_sections_hold_typed_specs_that_build_their_component():
+    cfg = load(None, ["model.prior=student_t", "model.prior.df=3", "model.likelihood.learn_scale=global",
+                      "data.name=synthetic", "data.n=50", "data.binarize=static"])
+    prior, likelihood, data = cfg.model.prior, cfg.model.likelihood, cfg.data
+    assert isinstance(prior, ComponentSpec) and type(prior) is PRIORS.get("student_t").spec
+    assert (prior.name, prior.df) == ("student_t", 3.0)
+    assert likelihood.learn_scale == "global" and likelihood.scale == 0.1
+    assert isinstance(data, DataConfig) and (data.name, data.n, data.binarize, data.source) == ("synthetic", 50, "static", None)
+    built = PRIORS.build(prior, 2)
+    assert isinstance(built, StudentTPrior)
+    assert pickle.loads(pickle.dumps(cfg)) == cfg  # a spec's class is found as its component's Spec
+    with pytest.raises(TypeError, match="spec from resolve"):
+        PRIORS.build({"name": "student_t", "df": 3.0}, 2)  # a mapping is resolved first, never built from
+    with pytest.raises(TypeError, match="spec from resolve"):
+        LIKELIHOODS.build(prior, 5)  # another registry's spec
+
+
+def test_serialization_is_each_spec_flattened_and_round_trips_exactly():
+    """config.yaml and the checkpoint's config_hash: a spec dumps as ``{name: ..., **its keys}`` in
+    constructor order, the data section's own keys before the dataset's, so files of older runs load to
+    the same config and the same hash."""
+    text = ("data:\n  name: npz\n  binarize: none\n  val_fraction: 0.1\n  test_fraction: 0.1\n  path: x.npz\n"
+            "model:\n  latent_dim: 2\n  prior:\n    name: student_t\n    df: 3.0\n")
+    cfg = validate(yaml.safe_load(text))
+    raw = cfg.to_dict()
+    shown = {"data": raw["data"], "model": {"latent_dim": raw["model"]["latent_dim"], "prior": raw["model"]["prior"]}}
+    assert yaml.safe_dump(shown, sort_keys=False) == text
+    assert list(raw["model"]["likelihood"]) == ["name", "scale", "learn_scale"]
+    again = validate(yaml.safe_load(dump(cfg)))
+    assert again == cfg and again.hash() == cfg.hash() and dump(again) == dump(cfg)
+
+
+def test_a_spec_from_another_registry_or_built_by_hand_is_refused():
+    with pytest.raises(ConfigError, match=r"^model\.prior: expected a prior spec from its registry's resolve\(\) \(got likelihood_normal\)$"):
+        validate({"model": {"prior": LIKELIHOODS.resolve({"name": "normal"})}})
+    with pytest.raises(ConfigError, match=r"^data: expected a data spec"):
+        validate({"data": DataConfig()})
+
+
+@pytest.mark.parametrize("raw,message", [
+    ({"data": {"name": 5}}, r"^data\.name: Input should be a valid string \(got 5\)$"),
+    ({"data": "npz"}, r"^data: Input should be a valid dictionary or instance of DataConfig \(got 'npz'\)$"),
+    ({"model": {"prior": {"name": [1]}}}, r"^model\.prior\.name: unknown prior '\[1\]'; choose one of: normal"),
+])
+def test_a_name_of_the_wrong_type_is_one_line(raw, message):
+    with pytest.raises(ConfigError, match=message):
+        validate(raw)
 
 
 @pytest.mark.parametrize("overrides,message", [

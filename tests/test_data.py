@@ -4,13 +4,14 @@ import numpy as np
 import pytest
 import torch
 
-from pyro_vae.data import load_data
+from pyro_vae import validate_config
+from pyro_vae.data import DATASETS, load_data
 from pyro_vae.errors import DataError
 
 
 def spec(**kw):
     base = {"name": "digits", "binarize": "none", "val_fraction": 0.1, "test_fraction": 0.1}
-    return {**base, **kw}
+    return DATASETS.resolve({**base, **kw}, where="data")
 
 
 def test_digits_split_is_seeded_and_disjoint():
@@ -20,6 +21,13 @@ def test_digits_split_is_seeded_and_disjoint():
     assert 0 <= float(a.train.min()) and float(a.train.max()) <= 1
     c = load_data(spec(), 1)
     assert not torch.equal(a.train, c.train)
+
+
+def test_load_data_takes_the_config_data_section():
+    cfg = validate_config({"data": {"name": "synthetic", "n": 40, "x_dim": 3, "val_fraction": 0.25}})
+    ds = load_data(cfg.data, cfg.seed)
+    assert (ds.name, ds.x_dim, len(ds.val), len(ds.test)) == ("synthetic", 3, 10, 4)
+    assert torch.equal(ds.train, load_data(spec(name="synthetic", n=40, x_dim=3, val_fraction=0.25), 0).train)
 
 
 def test_static_and_dynamic_binarization():

@@ -5,7 +5,7 @@ import gzip
 import numpy as np
 import pytest
 
-from pyro_vae.data import FASHION_MNIST_DIR, load_data, read_idx
+from pyro_vae.data import DATASETS, FASHION_MNIST_DIR, load_data, read_idx
 from pyro_vae.errors import DataError
 
 
@@ -30,8 +30,8 @@ def write_mnist(root, n_train=12, n_test=5, shape=(3, 4), compress=False, seed=0
     return arrays
 
 
-def spec(**kw):
-    return {"name": "mnist", "binarize": "none", "val_fraction": 0.1, "test_fraction": 0.1, **kw}
+def spec(name="mnist", **kw):
+    return DATASETS.resolve({"name": name, "binarize": "none", "val_fraction": 0.1, "test_fraction": 0.1, **kw}, where="data")
 
 
 @pytest.mark.parametrize("compress", [False, True])
@@ -83,16 +83,16 @@ def test_mnist_label_count_must_match_images(tmp_path):
 
 def test_fashion_mnist_reads_a_user_path_and_explains_a_missing_install(tmp_path):
     write_mnist(tmp_path, compress=True)
-    ds = load_data({**spec(path=str(tmp_path), val_size=2), "name": "fashion_mnist"}, seed=0)
+    ds = load_data(spec("fashion_mnist", path=str(tmp_path), val_size=2), seed=0)
     assert (len(ds.train), len(ds.val), len(ds.test)) == (10, 2, 5)
     with pytest.raises(DataError, match="apt-get install dataset-fashion-mnist"):
-        load_data({**spec(path=str(tmp_path / "missing")), "name": "fashion_mnist"}, seed=0)
+        load_data(spec("fashion_mnist", path=str(tmp_path / "missing")), seed=0)
 
 
 @pytest.mark.skipif(not (FASHION_MNIST_DIR and __import__("pathlib").Path(FASHION_MNIST_DIR).is_dir()),
                     reason="Debian's dataset-fashion-mnist is not installed")
 def test_fashion_mnist_from_the_debian_package_is_50k_10k_10k():
-    ds = load_data({**spec(), "name": "fashion_mnist"}, seed=0)
+    ds = load_data(spec("fashion_mnist"), seed=0)
     assert (len(ds.train), len(ds.val), len(ds.test), ds.image_shape) == (50000, 10000, 10000, (28, 28))
     assert float(ds.train.min()) == 0.0 and float(ds.train.max()) == 1.0
 

@@ -23,7 +23,7 @@ def make_registry():
 def test_resolve_fills_defaults_and_build_passes_context():
     reg = make_registry()
     spec = reg.resolve({"name": "a", "width": 3}, where="s")
-    assert spec == {"name": "a", "width": 3.0, "mode": "x"}
+    assert spec.model_dump() == {"name": "a", "width": 3.0, "mode": "x"}
     obj = reg.build(spec, 7)
     assert (obj.dim, obj.width, obj.mode) == (7, 3.0, "x")
 

@@ -12,7 +12,7 @@ from pyro_vae import build_vae, load_config, load_data
 
 torch.set_num_threads(1)  # same float summation order on every machine
 cfg = load_config(None, ["model.decoder.hidden=[32]", "guide.hidden=[32]"])
-data = load_data(cfg.data.model_dump(), cfg.seed)
+data = load_data(cfg.data, cfg.seed)
 x = data.train[:256]
 pyro.set_rng_seed(0)
 vae = build_vae(cfg, data.x_dim)

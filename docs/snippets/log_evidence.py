@@ -16,7 +16,7 @@ torch.set_num_threads(1)
 torch.set_default_dtype(torch.float64)  # the identities hold to rounding error; float64 makes that ~1e-12
 cfg = load_config(None, ["data.name=synthetic", "data.x_dim=5", "data.latent_dim=2",
                          "model.decoder.name=linear", "model.likelihood.scale=0.5", "guide.hidden=[16]"])
-data = load_data(cfg.data.model_dump(), cfg.seed)
+data = load_data(cfg.data, cfg.seed)
 pyro.set_rng_seed(0)
 vae = build_vae(cfg, data.x_dim)  # untrained: the identity holds for ANY decoder and ANY q
 x = data.train[:1].double()  # one data point, (1, 5)

@@ -27,7 +27,7 @@ DRAWS = 1000
 for prior in ("normal", "student_t"):
     cfg = load(None, TINY + [f"model.prior.name={prior}"] + (["model.prior.df=4"] if prior == "student_t" else []))
     data, vae = prepare(cfg)
-    trainer = Trainer(cfg, data, vae, run=None, progress=False)
+    trainer = Trainer.from_config(cfg, data, vae, run=None, progress=False)
     with contextlib.redirect_stdout(io.StringIO()):  # per-epoch lines carry timings; keep the output reproducible
         trainer.fit()
     x = data.val

@@ -20,7 +20,7 @@ torch.set_default_dtype(torch.float64)
 base = ["data.name=synthetic", "data.x_dim=5", "data.latent_dim=2", "model.decoder.name=linear",
         "model.likelihood.scale=0.5", "guide.hidden=[]"]  # hidden=[]: q's parameters are affine in x, like the exact posterior
 cfg = load_config(None, base)
-data = load_data(cfg.data.model_dump(), cfg.seed)
+data = load_data(cfg.data, cfg.seed)
 x = data.train[:256].double()
 
 

@@ -60,7 +60,7 @@ for label, keys in (("fixed", ["train.stop=epochs", "train.epochs=40"]),
                     ("halved on plateaus", ["train.stop=plateau", "train.epochs=1000"])):
     cfg = load(None, BASE + keys)
     data, vae = prepare(cfg)
-    trainer = Trainer(cfg, data, vae, run=None, progress=False)
+    trainer = Trainer.from_config(cfg, data, vae, run=None, progress=False)
     with contextlib.redirect_stdout(io.StringIO()):  # per-epoch lines carry timings
         trainer.fit()
     log_px, kl, floor = exact(vae)

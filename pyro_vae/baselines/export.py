@@ -18,28 +18,27 @@ import torch
 from pyro_vae.baselines import ppca
 from pyro_vae.baselines.history import Fit
 from pyro_vae.build import build_vae
+from pyro_vae.components.guides import GUIDES
 from pyro_vae.components.networks import MIN_SCALE
-from pyro_vae.config import Config, dump, validate
+from pyro_vae.config import Config, ModelConfig, dump
 from pyro_vae.data import Dataset
+from pyro_vae.inference.engine import adam
 from pyro_vae.model import VAE
+from pyro_vae.rundir import RunDir
 from pyro_vae.runs.run import Run, write_plots
-from pyro_vae.runs.rundir import RunDir
-from pyro_vae.training.trainer import Trainer, summarize
+from pyro_vae.training.state import checkpoint_state, generators
+from pyro_vae.training.stopping import build_stopping
+from pyro_vae.training.summary import run_summary
 
 
 def linear_gaussian_config(cfg: Config, latent_dim: int, noise_var: torch.Tensor) -> Config:
     """``cfg`` with the model that ``ppca``/``factor_analysis`` fit and the linear guide that holds the exact posterior."""
     per_feature = noise_var.dim() > 0
-    raw = cfg.to_dict()
-    raw["model"] = {
-        "latent_dim": latent_dim,
-        "prior": {"name": "normal"},
-        "decoder": {"name": "linear"},
-        "likelihood": {"name": "normal", "scale": float(noise_var.mean().sqrt()),
-                       "learn_scale": "per_feature" if per_feature else "global"},
-    }
-    raw["guide"] = {"name": "mean_field", "hidden": [], "shared_trunk": True}
-    return validate(raw)
+    model = ModelConfig(latent_dim=latent_dim, prior="normal", decoder="linear",
+                        likelihood={"name": "normal", "scale": float(noise_var.mean().sqrt()),
+                                    "learn_scale": "per_feature" if per_feature else "global"})
+    guide = GUIDES.resolve({"name": "mean_field", "hidden": [], "shared_trunk": True}, where="guide")
+    return cfg.model_copy(update={"model": model, "guide": guide})  # the other sections are cfg's, already valid
 
 
 def _softplus_inverse(y: torch.Tensor) -> torch.Tensor:
@@ -94,15 +93,19 @@ def write_run(cfg: Config, data: Dataset, fit: Fit, out: str | Path, overwrite: 
     run_cfg, vae = build_exact_vae(cfg, fit, data.x_dim)
     run = RunDir.create(out, overwrite=overwrite)
     run.write_config(dump(run_cfg))
-    trainer = Trainer(run_cfg, data, vae, run, progress=False)
-    trainer.metrics = metrics_rows(fit, len(data.train))
-    trainer.epoch = trainer.step = fit.iterations
-    trainer.seconds = fit.history.seconds
-    run.write_metrics(trainer.metrics)
-    state = trainer.state()
-    state["finished"] = True  # an EM fit is final: `pyro-vae resume` must not train it on
-    run.save_checkpoint(state)
-    summary = summarize(trainer)
+    metrics = metrics_rows(fit, len(data.train))
+    run.write_metrics(metrics)
+    # the checkpoint `pyro-vae train` would hold for this config, at the fit's counters: a fresh Adam and
+    # stopping rule (what resume_run loads into its Trainer); finished, as an EM fit is final and
+    # `pyro-vae resume` must not train it on
+    rule = build_stopping(run_cfg.train, run_cfg.optim.lr)
+    seconds = fit.history.seconds
+    run.save_checkpoint(checkpoint_state(
+        config=run_cfg, x_dim=data.x_dim, vae=vae, optimizer=adam(vae.parameters(), lr=rule.lr), stopping=rule,
+        streams=generators(run_cfg.seed), epoch=fit.iterations, step=fit.iterations, seconds=seconds,
+        metrics=metrics, finished=True))
+    summary = run_summary(vae, data, metrics, rule, kl=run_cfg.inference.kl, epochs=fit.iterations,
+                          steps=fit.iterations, seconds=seconds)
     p = fit.params
     summary.update({
         "method": method or f"{fit.kind}_em",
@@ -112,7 +115,7 @@ def write_run(cfg: Config, data: Dataset, fit: Fit, out: str | Path, overwrite: 
                            for s in ("train", "val", "test") if len(data.split(s))},
         "guide": "exact posterior (linear mean-field guide set in closed form)",
     })
-    summary["plots"] = [str(q.relative_to(run.path)) for q in write_plots(run, vae, data, trainer.metrics)]
+    summary["plots"] = [str(q.relative_to(run.path)) for q in write_plots(run, vae, data, metrics)]
     run.write_summary(summary)
     run.commit()  # an --overwrite of an earlier run: its files are replaced only now, the new run complete
-    return Run(run.path, run_cfg, vae, data, trainer.metrics, summary)
+    return Run(run.path, run_cfg, vae, data, metrics, summary)

@@ -27,11 +27,7 @@ from pyro_vae.baselines.history import Fit, History, check_convergence, out_of_t
 from pyro_vae.errors import ConfigError
 
 CovarianceType = Literal["spherical", "diag"]
-
-
 COVARIANCE_TYPES = ("spherical", "diag")
-
-
 EPS = 10 * torch.finfo(torch.float64).eps  # added to each component's mass, as scikit-learn does
 
 

@@ -3,7 +3,9 @@ r"""Linear-Gaussian models x = W z + b + eps, z ~ N(0, I): closed-form pPCA and 
 The marginal is :math:`p(x) = N(x; b, C)` with :math:`C = W W^\top + \Psi`, where
 :math:`\Psi = \sigma^2 I` (probabilistic PCA, Tipping & Bishop 1999) or diagonal (factor analysis,
 matching ``likelihood.learn_scale: per_feature``). All computation is in float64; ``x`` is
-``(N, D)``, ``W`` is ``(D, K)``, ``b`` is ``(D,)`` and ``noise_var`` is ``()`` or ``(D,)``.
+``(N, D)``, ``W`` is ``(D, K)``, ``b`` is ``(D,)`` and ``noise_var`` is ``()`` or ``(D,)``. The exact
+marginal, log-likelihood and posterior are :mod:`pyro_vae.evaluation.linear_gaussian`'s, the ones the
+evaluation of a trained VAE uses, here in float64.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ import torch
 
 from pyro_vae.baselines.history import Fit, History, check_convergence, out_of_time
 from pyro_vae.errors import ConfigError
+from pyro_vae.evaluation import linear_gaussian
+from pyro_vae.evaluation.linear_gaussian import mean_log_likelihood as log_likelihood  # noqa: F401  (ppca.log_likelihood)
 
 
 def _moments(x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -33,15 +37,9 @@ def _check_dims(x: torch.Tensor, latent_dim: int) -> None:
 
 
 def marginal(W: torch.Tensor, b: torch.Tensor, noise_var: torch.Tensor) -> dist.LowRankMultivariateNormal:
-    """p(x) = N(b, W W^T + diag(noise_var)), without forming the (D, D) covariance."""
-    W, b, noise_var = W.double(), b.double(), noise_var.double()
-    return dist.LowRankMultivariateNormal(b, W, noise_var.expand(b.shape))
-
-
-@torch.no_grad()
-def log_likelihood(x: torch.Tensor, W: torch.Tensor, b: torch.Tensor, noise_var: torch.Tensor) -> float:
-    """Exact mean log p(x_n) over the rows of ``x`` (nats per data point)."""
-    return float(marginal(W, b, noise_var).log_prob(x.double()).mean())
+    """p(x) = N(b, W W^T + diag(noise_var)) in float64, without forming the (D, D) covariance
+    (:func:`pyro_vae.evaluation.linear_gaussian.marginal`)."""
+    return linear_gaussian.marginal(W, b, noise_var, torch.float64)
 
 
 def _loglik_from_moments(S: torch.Tensor, W: torch.Tensor, noise_var: torch.Tensor) -> float:
@@ -157,14 +155,12 @@ def factor_analysis_em(x: torch.Tensor, latent_dim: int, *, tol: float = 1e-6, m
 
 
 def posterior(W: torch.Tensor, b: torch.Tensor, noise_var: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    r"""The exact posterior p(z|x) = N(A (x - b), G): returns ``A`` (K, D), the mean map, and ``G`` (K, K).
+    r"""The exact posterior p(z|x) = N(A (x - b), G) in float64: returns ``A`` (K, D), the mean map, ``b`` and ``G`` (K, K).
 
-    :math:`G = (I + W^\top\Psi^{-1}W)^{-1}`, :math:`A = G W^\top \Psi^{-1}`.
+    :math:`G = (I + W^\top\Psi^{-1}W)^{-1}`, :math:`A = G W^\top \Psi^{-1}`
+    (:func:`pyro_vae.evaluation.linear_gaussian.posterior`).
     """
-    W = W.double()
-    Wt_psi_inv = W.T / noise_var.double().expand(W.shape[0])
-    G = torch.linalg.inv(torch.eye(W.shape[1], dtype=torch.float64) + Wt_psi_inv @ W)
-    return G @ Wt_psi_inv, b.double(), G
+    return linear_gaussian.posterior(W, b, noise_var, torch.float64)
 
 
 def diagonalize(W: torch.Tensor, noise_var: torch.Tensor) -> torch.Tensor:

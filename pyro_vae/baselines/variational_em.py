@@ -10,9 +10,10 @@ and differ in q and in the order of updates:
   training point (no encoder); for every minibatch, an E-step of ``e_steps`` Adam steps on that
   batch's :math:`(m_n, s_n)` with theta fixed, then an M-step of ``m_steps`` on theta with them fixed.
 * **amortized SVI**: :math:`q_n = q(z|x_n;\phi)` is the config's encoder and one Adam step updates
-  phi and theta together per minibatch (the project's ``Trainer`` loop, without the files).
+  phi and theta together per minibatch (the Trainer of ``pyro-vae train``, without the files).
 
-Both see the same minibatches in the same order under the same epoch/second budget.
+Both train on the project's ``Trainer`` (variational EM's E-step is part of the loss it is handed), so
+they see the same minibatches in the same order under the same epoch/second budget.
 """
 
 from __future__ import annotations
@@ -25,30 +26,24 @@ import pyro
 import pyro.distributions as dist
 import torch
 from torch import nn
-from torch.nn.functional import softplus
-from tqdm.auto import tqdm
 
-from pyro_vae.baselines import ppca
 from pyro_vae.baselines.history import History
 from pyro_vae.build import build_vae, seed_everything
-from pyro_vae.components.networks import MIN_SCALE
+from pyro_vae.components.networks import MIN_SCALE, positive_scale
 from pyro_vae.config import Config
 from pyro_vae.data import Dataset
 from pyro_vae.errors import ConfigError
+from pyro_vae.evaluation.iwae import proposal_iwae
+from pyro_vae.evaluation.linear_gaussian import exact_log_likelihood, is_linear_gaussian
+from pyro_vae.inference.engine import adam
 from pyro_vae.inference.objectives import build_elbo
 from pyro_vae.model import VAE
+from pyro_vae.training.stopping import BudgetLimit
+from pyro_vae.training.trainer import Trainer
 
 IWAE_SAMPLES = 64  # importance samples behind the curve's log-likelihood when no closed form exists
-
-
 CURVE_POINTS = 512  # training points behind that estimate
-
-
 LOCAL_LR_FACTOR = 1  # E-step lr / optim.lr; larger (3x) climbs faster early but single-sample noise in q_n then biases theta (measured)
-
-
-def _scale(raw: torch.Tensor) -> torch.Tensor:
-    return softplus(raw) + MIN_SCALE
 
 
 def local_guide(loc: torch.Tensor, raw_scale: torch.Tensor):
@@ -56,7 +51,7 @@ def local_guide(loc: torch.Tensor, raw_scale: torch.Tensor):
 
     def guide(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         with pyro.plate("data", len(idx)):
-            return pyro.sample("z", dist.Normal(loc, _scale(raw_scale)).to_event(1))
+            return pyro.sample("z", dist.Normal(loc, positive_scale(raw_scale)).to_event(1))
 
     return guide
 
@@ -81,7 +76,7 @@ class LocalGuide(nn.Module):
         self.register_buffer("t", torch.zeros(num_points, 1))
 
     def q(self, idx: torch.Tensor) -> dist.Distribution:
-        return dist.Normal(self.loc[idx], _scale(self.raw_scale[idx])).to_event(1)
+        return dist.Normal(self.loc[idx], positive_scale(self.raw_scale[idx])).to_event(1)
 
     def e_step(self, loss_of, x: torch.Tensor, idx: torch.Tensor, steps: int, lr: float) -> None:
         """``steps`` Adam steps on rows ``idx`` of (loc, raw_scale); ``loss_of(guide, x, idx)`` is the negative ELBO."""
@@ -102,28 +97,6 @@ class LocalGuide(nn.Module):
 
     def guide_for(self, idx: torch.Tensor):
         return local_guide(self.loc[idx], self.raw_scale[idx])
-
-
-def is_linear_gaussian(cfg: Config) -> bool:
-    """True when the config's model has a closed-form log p(x): linear decoder, Normal prior, Normal likelihood."""
-    m = cfg.model
-    return m.decoder["name"] == "linear" and m.prior["name"] == "normal" and m.likelihood["name"] == "normal"
-
-
-def exact_log_likelihood(vae: VAE, x: torch.Tensor) -> float:
-    """log p(x) = log N(x; b, W W^T + sigma^2) per point for a linear-Gaussian VAE."""
-    with torch.no_grad():
-        W, b = vae.decoder.weight.double(), vae.decoder.bias.double()
-        noise_var = (2 * vae.likelihood.log_scale.double()).exp()
-        return ppca.log_likelihood(x, W, b, noise_var)
-
-
-@torch.no_grad()
-def iwae(vae: VAE, q: dist.Distribution, x: torch.Tensor, num_samples: int) -> torch.Tensor:
-    r"""The importance-weighted bound :math:`\log \frac1S\sum_s p(x_n, z_s)/q(z_s)`, ``z_s ~ q``; returns ``(N,)``."""
-    z = q.sample((num_samples,))  # (S, N, latent_dim)
-    log_w = vae.prior().log_prob(z) + vae.likelihood(vae.decoder(z)).log_prob(x) - q.log_prob(z)
-    return torch.logsumexp(log_w, 0) - math.log(num_samples)
 
 
 @dataclass
@@ -154,7 +127,7 @@ def _curve_log_likelihood(vae: VAE, x: torch.Tensor, local: Optional[LocalGuide]
         return exact_log_likelihood(vae, x)
     idx = torch.arange(min(len(x), CURVE_POINTS))
     q = local.q(idx) if local is not None else vae.encoder(x[idx])
-    return float(iwae(vae, q, x[idx], IWAE_SAMPLES).mean())
+    return float(proposal_iwae(vae, q, x[idx], IWAE_SAMPLES).mean())
 
 
 def _check_budget(epochs: Optional[int], seconds: Optional[float]) -> None:
@@ -167,69 +140,79 @@ def _theta(vae: VAE) -> List[nn.Parameter]:
     return [p for name, p in vae.named_parameters() if not name.startswith("encoder.")]
 
 
-def fit(cfg: Config, data: Dataset, *, amortized: bool, epochs: Optional[int] = None, seconds: Optional[float] = None,
-        e_steps: int = 5, m_steps: int = 1, local_lr: Optional[float] = None, progress: bool = False) -> VariationalFit:
-    """Train ``cfg``'s VAE on ``data.train`` by variational EM (``amortized=False``) or joint amortized SVI.
+def em_step_loss(vae: VAE, elbo, local: LocalGuide, e_steps: int, local_lr: float):
+    r"""Variational EM's minibatch step as a Trainer loss ``loss(x_b, beta, rows)`` (``indexed_loss``).
 
-    Stops after ``epochs`` epochs or once ``seconds`` of training time are used (checked at epoch
-    ends). ``local_lr`` (default: ``LOCAL_LR_FACTOR * optim.lr``) is the E-step's Adam learning rate. A
-    larger one moves each q_n further per visit, but Adam's unit-size steps on single-sample
-    gradients then leave q_n jittering by about ``local_lr``, and theta fits the jitter.
+    For the batch ``x_b`` ``(B, x_dim)`` with rows ``rows`` of the training split it first runs the E-step,
+    ``e_steps`` Adam steps on those rows' :math:`(m_n, s_n)` with theta fixed (:meth:`LocalGuide.e_step`, which
+    takes gradients with respect to q_n alone, so none reach theta), then returns the M-step's objective
+    :math:`-\sum_{n \in b} \mathrm{ELBO}_n(\theta, q_n)` with those q_n fixed, summed over the batch: the
+    Trainer divides by B, differentiates with respect to theta (the parameters its optimizer holds) and
+    takes the M-step. beta is not applied (the per-point guide has no KL scaling): this is the ELBO.
     """
-    _check_budget(epochs, seconds)
-    if data.binarize == "dynamic":
-        raise ConfigError("data.binarize: variational EM keeps one q per training point; use static, not dynamic")
-    seed_everything(cfg.seed)
-    vae = build_vae(cfg, data.x_dim, data.image_shape)
-    elbo = build_elbo(cfg.inference)
-    x = data.train
-    order = torch.Generator().manual_seed(cfg.seed + 1)  # the same data order as Trainer
-    exact = is_linear_gaussian(cfg)
-    history = History()
-    local = LocalGuide(len(x), cfg.model.latent_dim) if not amortized else None
-    theta = list(vae.parameters()) if amortized else _theta(vae)  # amortized: phi and theta together
-    optimizer = torch.optim.Adam(theta, lr=cfg.optim.lr)
-    local_lr = local_lr or LOCAL_LR_FACTOR * cfg.optim.lr
 
     def model(xb, idx):
         return vae.model(xb)
 
-    def loss_of(guide, xb, idx):
+    def loss_of(guide, xb, idx):  # the E-step's objective: the batch's mean negative ELBO
         return elbo.differentiable_loss(model, guide, xb, idx) / len(idx)
 
-    def amortized_guide(xb, idx):
-        return vae.guide(xb)
+    def loss(xb: torch.Tensor, kl_weight: float, rows: torch.Tensor) -> torch.Tensor:
+        local.e_step(loss_of, xb, rows, e_steps, local_lr)
+        return elbo.differentiable_loss(model, local.guide_for(rows), xb, rows)
 
-    with history.paused():
-        history.record(0, _curve_log_likelihood(vae, x, local, exact), elbo=float("nan"), gradient_steps=0)
-    epoch, steps = 0, 0
-    kind = "svi" if amortized else "variational_em"
-    bar = tqdm(desc=kind, unit="epoch", total=epochs, disable=not progress)
-    while not ((epochs is not None and epoch >= epochs) or (seconds is not None and history.elapsed() >= seconds)):
-        total = 0.0
-        for idx in torch.randperm(len(x), generator=order).split(cfg.train.batch_size):
-            xb = x[idx]
-            if not amortized:
-                local.e_step(loss_of, xb, idx, e_steps, local_lr)  # E-step: this batch's q_n, theta fixed
-                steps += e_steps
-            guide = amortized_guide if amortized else local.guide_for(idx)
-            for _ in range(m_steps if not amortized else 1):  # M-step (theta, q_n fixed), or the joint step
-                loss = loss_of(guide, xb, idx)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if cfg.optim.clip_norm is not None:
-                    torch.nn.utils.clip_grad_norm_(theta, cfg.optim.clip_norm)
-                optimizer.step()
-                steps += 1
-            total += loss.item() * len(idx)
-        epoch += 1
-        with history.paused():
-            history.record(epoch, _curve_log_likelihood(vae, x, local, exact), elbo=-total / len(x), gradient_steps=steps)
-        bar.update(1)
-        bar.set_postfix(log_likelihood=f"{history.log_likelihood[-1]:.3f}")
-    bar.close()
+    return loss
+
+
+def fit(cfg: Config, data: Dataset, *, amortized: bool, epochs: Optional[int] = None, seconds: Optional[float] = None,
+        e_steps: int = 5, m_steps: int = 1, local_lr: Optional[float] = None, progress: bool = False) -> VariationalFit:
+    """Train ``cfg``'s VAE on ``data.train`` by variational EM (``amortized=False``) or joint amortized SVI.
+
+    Both run on the project's :class:`~pyro_vae.training.trainer.Trainer` (the same seeded minibatches in the
+    same order, the non-finite guard), with the budget as its stopping rule: ``epochs`` epochs or ``seconds``
+    of training time, checked at epoch ends, at the fixed step size ``optim.lr``. Amortized SVI is the
+    Trainer of ``pyro-vae train`` (:meth:`Trainer.from_config`: its engine, fused Adam and beta schedule);
+    variational EM hands it :func:`em_step_loss` and an Adam on theta alone. The curve's log-likelihood is
+    the Trainer's per-epoch validation score, so its evaluation is off the training clock.
+
+    ``local_lr`` (default: ``LOCAL_LR_FACTOR * optim.lr``) is the E-step's Adam learning rate. A larger
+    one moves each q_n further per visit, but Adam's unit-size steps on single-sample gradients then leave
+    q_n jittering by about ``local_lr``, and theta fits the jitter. ``m_steps`` must be 1: the Trainer takes
+    one optimizer step per minibatch, the M-step.
+    """
+    _check_budget(epochs, seconds)
+    if m_steps != 1:
+        raise ConfigError(f"m_steps: {m_steps}, but variational EM takes one M-step per minibatch (the Trainer's "
+                          f"step); use m_steps=1")
+    if data.binarize == "dynamic":
+        raise ConfigError("data.binarize: variational EM keeps one q per training point; use static, not dynamic")
+    seed_everything(cfg.seed)
+    vae = build_vae(cfg, data.x_dim, data.image_shape)
+    x = data.train
+    exact = is_linear_gaussian(cfg.model)
+    local = LocalGuide(len(x), cfg.model.latent_dim) if not amortized else None
+    rule = BudgetLimit(cfg.optim.lr, max_epochs=epochs, seconds=seconds)
+    options = dict(validation=lambda: _curve_log_likelihood(vae, x, local, exact), progress=progress,
+                   quiet=not progress)
+    if amortized:  # phi and theta together, one step per minibatch
+        trainer = Trainer.from_config(cfg, data, vae, stopping=rule, **options)
+    else:
+        loss = em_step_loss(vae, build_elbo(cfg.inference), local, e_steps, local_lr or LOCAL_LR_FACTOR * cfg.optim.lr)
+        trainer = Trainer(vae, loss, adam(_theta(vae), lr=rule.lr), data, rule, seed=cfg.seed,
+                          batch_size=cfg.train.batch_size, clip_norm=cfg.optim.clip_norm,
+                          on_nonfinite=cfg.train.on_nonfinite, validate_args=cfg.train.validate_args,
+                          indexed_loss=True, engine="variational_em", **options)
+    per_step = 1 if amortized else e_steps + 1  # gradient steps per minibatch: the E-steps and the M-step
+    history = History()
+    history.rows.append({"iteration": 0, "log_likelihood": trainer.validate(), "seconds": 0.0, "elbo": math.nan,
+                         "gradient_steps": 0})
+    for row in trainer.fit():
+        history.rows.append({"iteration": row["epoch"], "log_likelihood": row["val_elbo"], "seconds": row["wall_time"],
+                             "elbo": row["train_elbo"], "gradient_steps": row["step"] * per_step})
+    trainer.close()
     vae.eval()
-    return VariationalFit(vae, local, history, epoch, steps, kind, exact)
+    kind = "svi" if amortized else "variational_em"
+    return VariationalFit(vae, local, history, trainer.epoch, trainer.step * per_step, kind, exact)
 
 
 def variational_em(cfg: Config, data: Dataset, **kwargs) -> VariationalFit:

@@ -27,7 +27,7 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from pyro_vae.evaluation.evaluate import evaluate_run
+    from pyro_vae.runs.evaluate import evaluate_run
 
     for flag, value in (("--samples", args.samples), ("--batch-size", args.batch_size), ("--gap-steps", args.gap_steps)):
         if value < 1:

@@ -14,8 +14,8 @@ import os
 
 from pyro_vae.commands.train import print_summary
 from pyro_vae.errors import ConfigError
+from pyro_vae.rundir import RunDir
 from pyro_vae.runs.run import resume_run
-from pyro_vae.runs.rundir import RunDir
 from pyro_vae.training import distributed
 
 

@@ -24,14 +24,12 @@ from pyro_vae.compare.svi import svi_method
 from pyro_vae.config import Config
 from pyro_vae.data import Dataset
 from pyro_vae.errors import ConfigError
+from pyro_vae.evaluation.iwae import proposal_iwae
+from pyro_vae.evaluation.linear_gaussian import exact_log_likelihood, is_linear_gaussian
 from pyro_vae.inference.objectives import build_elbo
 
 MAX_EM_ITERATIONS = 10_000  # when the budget sets only seconds
-
-
 GMM_LR = 0.1
-
-
 INFER_STEPS = 300  # E-step on held-out points for variational EM's test numbers
 
 
@@ -42,12 +40,12 @@ def _max_iter(budget: Budget) -> int:
 def _linear_gaussian_kind(cfg: Config) -> str:
     """``ppca`` or ``factor_analysis`` for a config with an exact EM; a one-line ConfigError otherwise."""
     m = cfg.model
-    if not ve.is_linear_gaussian(cfg):
+    if not is_linear_gaussian(cfg.model):
         raise ConfigError(
             f"exact EM needs a tractable posterior p(z|x), i.e. model.decoder.name=linear, model.prior.name=normal "
-            f"and model.likelihood.name=normal (pPCA / factor analysis), not decoder '{m.decoder['name']}', prior "
-            f"'{m.prior['name']}', likelihood '{m.likelihood['name']}'; use variational_em, or gmm_em for a Gaussian mixture")
-    learn = m.likelihood["learn_scale"]
+            f"and model.likelihood.name=normal (pPCA / factor analysis), not decoder '{m.decoder.name}', prior "
+            f"'{m.prior.name}', likelihood '{m.likelihood.name}'; use variational_em, or gmm_em for a Gaussian mixture")
+    learn = m.likelihood.learn_scale
     if learn == "none":
         raise ConfigError("model.likelihood.learn_scale: em fits the noise by maximum likelihood; set global (pPCA) "
                           "or per_feature (factor analysis), not none")
@@ -108,8 +106,8 @@ def variational_em(cfg: Config, data: Dataset, budget: Budget) -> MethodResult:
     q_test = ve.infer_locals(vae, elbo, test, steps=INFER_STEPS)
     idx = torch.arange(len(test))
     test_elbo = _elbo(vae, q_test.guide_for(idx), test, elbo)
-    iwae = float(torch.cat([ve.iwae(vae, q_test.q(i), test[i], budget.eval_samples) for i in idx.split(256)]).mean())
-    exact = ve.exact_log_likelihood(vae, test) if fit.exact else None
+    iwae = float(torch.cat([proposal_iwae(vae, q_test.q(i), test[i], budget.eval_samples) for i in idx.split(256)]).mean())
+    exact = exact_log_likelihood(vae, test) if fit.exact else None
     curve = [{"epoch": int(r["iteration"]), "wall_time": r["seconds"], "val_elbo": r["elbo"],
               "train_log_likelihood": r["log_likelihood"]} for r in fit.history.rows[1:]]
     if curve:
@@ -129,7 +127,7 @@ METHODS.register("svi", "Joint amortized SVI of the config as given (encoder and
 
 
 def _gmm_setup(cfg: Config, data: Dataset):
-    covariance_type = "diag" if cfg.model.likelihood.get("learn_scale") == "per_feature" else "spherical"
+    covariance_type = "diag" if getattr(cfg.model.likelihood, "learn_scale", None) == "per_feature" else "spherical"
     x = data.train.double()
     return x, covariance_type, gmm.initial_params(x, cfg.model.latent_dim, covariance_type, seed=cfg.seed)
 

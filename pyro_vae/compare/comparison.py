@@ -1,4 +1,6 @@
-"""TODO"""
+"""Run several methods on one split, seed, architecture and budget; write the table, the JSON and the figures.
+
+Every check that can refuse (each method's config and model on this data, ``--out``) runs before any method trains."""
 
 from __future__ import annotations
 
@@ -8,19 +10,17 @@ from pathlib import Path
 from typing import Any, Dict, List, Sequence, Tuple
 
 from pyro_vae.compare.methods import METHODS, Budget, Method, MethodResult, configure  # noqa: E402
-from pyro_vae.compare.report import write_plots, fmt, markdown
+from pyro_vae.compare.report import fmt, markdown, write_plots
 from pyro_vae.compare.svi import svi_method  # noqa: E402
 from pyro_vae.config import Config  # noqa: E402
 from pyro_vae.errors import ConfigError, RunDirError  # noqa: E402
-from pyro_vae.runs.rundir import (  # noqa: E402
+from pyro_vae.rundir import (  # noqa: E402
     atomic_write_bytes,
     atomic_write_json,
     check_writable_dir,
 )
 
 OWN_FILES = ("comparison.json", "comparison.md")
-
-
 _SET_SPLIT = re.compile(r",(?=\s*[A-Za-z_][\w.]*\s*=)")  # commas that start a new key=value, not inside [16, 16]
 
 

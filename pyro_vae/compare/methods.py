@@ -1,4 +1,4 @@
-"""TODO"""
+"""Comparison methods: the budget every method of a comparison shares, the row each returns, and their registry."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from pyro_vae.config import Config, apply_overrides, validate
 from pyro_vae.data import Dataset
 from pyro_vae.errors import ConfigError
 from pyro_vae.registry import Named
+from pyro_vae.training.stopping import BudgetLimit
 
 
 @dataclass(frozen=True)
@@ -32,7 +33,14 @@ class Budget:
             raise ConfigError("budget: set --epochs or --seconds")
 
     def exhausted(self, epochs: int, seconds: float) -> bool:
+        """Whether ``epochs`` epochs and ``seconds`` of training have spent the budget."""
         return (self.epochs is not None and epochs >= self.epochs) or (self.seconds is not None and seconds >= self.seconds)
+
+    def rule(self, lr: float) -> BudgetLimit:
+        """The budget as the Trainer's stopping rule at the fixed step size ``lr``: it checks :meth:`exhausted`
+        after every epoch (so at least one epoch trains) on the Trainer's clock, which counts training steps
+        alone, and ends on the last epoch's parameters."""
+        return BudgetLimit(lr, max_epochs=self.epochs, seconds=self.seconds)
 
 
 @dataclass

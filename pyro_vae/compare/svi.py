@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import math
-import sys
-import time
 from typing import Any, Dict, List, Optional
 
-import torch
-
+from pyro_vae.build import build_vae, resolve_device, seed_everything
 from pyro_vae.compare.methods import METHODS, Budget, Method, MethodResult, configure
-from pyro_vae.config import Config, InferenceConfig
-from pyro_vae.data import Dataset, binarize_batch
+from pyro_vae.config import Config
+from pyro_vae.data import Dataset
+from pyro_vae.evaluation.evaluate import evaluate_points
+from pyro_vae.evaluation.gradients import gradient_variance
+from pyro_vae.inference.objectives import build_elbo
+from pyro_vae.training.trainer import Trainer
 
 # name -> (config overrides, one-line summary): each differs from the base config in one respect
 BUILTIN_SETS: Dict[str, tuple] = {
@@ -40,63 +40,43 @@ def svi_method(overrides: List[str]) -> Method:
 
 def train_svi(cfg: Config, data: Dataset, budget: Budget, name: str = "", extra: Optional[Dict[str, Any]] = None,
               progress: bool = False) -> MethodResult:
-    """Train with SVI until the budget is spent; evaluate the final parameters on the test split."""
-    from pyro_vae.build import build_vae, seed_everything
-    from pyro_vae.evaluation.bounds import elbo_per_point
-    from pyro_vae.evaluation.evaluate import evaluate_points
-    from pyro_vae.evaluation.gradients import gradient_variance
-    from pyro_vae.inference.objectives import build_elbo
+    """Train the VAE of ``cfg`` until the budget is spent, on the loop of ``pyro-vae train``; evaluate the
+    final parameters on the test split.
 
-    seed_everything(cfg.seed)
-    vae = build_vae(cfg, data.x_dim, data.image_shape)
-    elbo = build_elbo(cfg.inference)
-    standard = build_elbo(InferenceConfig())  # val/test numbers are the ELBO whatever the training objective
-    optimizer = torch.optim.Adam(vae.parameters(), lr=cfg.optim.lr)
-    order = torch.Generator().manual_seed(cfg.seed + 1)
-    binarizer = torch.Generator().manual_seed(cfg.seed + 2)
-    inf, batch_size = cfg.inference, cfg.train.batch_size
-    warmup_steps = inf.kl_warmup_epochs * math.ceil(len(data.train) / batch_size)
-    curve, train_elbo, val_elbo, epochs, steps, seconds = [], math.nan, math.nan, 0, 0, 0.0
+    The Trainer is the one :meth:`Trainer.from_config` makes for ``pyro-vae train`` (the same engine,
+    fused Adam, device, seeds, data order and non-finite guard), with the budget as its stopping rule
+    (:class:`~pyro_vae.training.stopping.BudgetLimit`: ``budget.epochs`` epochs or ``budget.seconds`` of
+    training time, checked at epoch ends, at a fixed step size ``optim.lr``, ending on the last epoch's
+    parameters), so a row's examples/s is ``train``'s. ``curve`` has one ``{"epoch", "wall_time",
+    "val_elbo"}`` per epoch (the validation ELBO, nats per point, at ``wall_time`` seconds of training).
+    Evaluation runs on the CPU: the test bounds with ``budget.eval_samples`` importance samples, and the
+    gradient variance of the method's own objective over ``budget.grad_samples`` repeats on one batch.
+    """
+    seed_everything(cfg.seed)  # as prepare() seeds it for `pyro-vae train`: the same initial parameters
+    vae = build_vae(cfg, data.x_dim, data.image_shape).to(resolve_device(cfg.train.device))
+    trainer = Trainer.from_config(cfg, data, vae, stopping=budget.rule(cfg.optim.lr), progress=progress, quiet=not progress)
+    rows = trainer.fit()
+    trainer.close()
+    vae.cpu().eval()
+    curve = [{"epoch": r["epoch"], "wall_time": r["wall_time"], "val_elbo": r["val_elbo"]} for r in rows]
     val = data.val if len(data.val) else data.train
-    while not budget.exhausted(epochs, seconds):
-        start, total = time.perf_counter(), 0.0
-        x = binarize_batch(data.train, binarizer) if data.binarize == "dynamic" else data.train
-        vae.train()
-        for idx in torch.randperm(len(x), generator=order).split(batch_size):
-            vae.kl_weight = inf.beta * (min(1.0, (steps + 1) / warmup_steps) if warmup_steps else 1.0)
-            loss = elbo.differentiable_loss(vae.model, vae.guide, x[idx]) / len(idx)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.optim.clip_norm is not None:
-                torch.nn.utils.clip_grad_norm_(vae.parameters(), cfg.optim.clip_norm)
-            optimizer.step()
-            total += float(loss.detach()) * len(idx)
-            steps += 1
-        vae.kl_weight = 1.0
-        seconds += time.perf_counter() - start
-        epochs += 1
-        train_elbo = -total / len(x)
-        val_elbo = elbo_per_point(vae, standard, val)
-        curve.append({"epoch": epochs, "wall_time": seconds, "val_elbo": val_elbo})
-        if progress:
-            print(f"  epoch {epochs:>4}  train_elbo {train_elbo:10.3f}  val_elbo {val_elbo:10.3f}",
-                  file=sys.stderr, flush=True)
-    vae.eval()
     test = data.test if len(data.test) else val
     ev = evaluate_points(vae, test, samples=budget.eval_samples)
     exact = ev["log_likelihood"]["mean"] if ev["log_likelihood"] is not None else None
-    if curve and exact is not None:
+    if exact is not None:
         curve[-1]["log_likelihood"] = exact
     batch = data.train[: cfg.train.batch_size]
-    variance = gradient_variance(vae, elbo, batch, budget.grad_samples)  # of the method's own objective
+    # of the method's own objective (Pyro's, whatever engine trained it: the fused loss is its twin)
+    variance = gradient_variance(vae, build_elbo(cfg.inference), batch, budget.grad_samples)
+    seconds = trainer.seconds
     return MethodResult(
-        name=name, train_elbo=train_elbo, val_elbo=val_elbo,
+        name=name, train_elbo=rows[-1]["train_elbo"], val_elbo=rows[-1]["val_elbo"],
         test_log_likelihood=exact if exact is not None else ev["iwae"]["mean"],
         exact_log_likelihood=exact, test_elbo=ev["elbo"]["mean"], seconds=seconds,
-        examples_per_second=epochs * len(data.train) / max(seconds, 1e-9),
-        iterations=steps, curve=curve,
-        extra={**(extra or {}), "epochs": epochs, "test_iwae": ev["iwae"]["mean"],
-               "test_iwae_se": ev["iwae"]["se"], "test_elbo_se": ev["elbo"]["se"],
+        examples_per_second=trainer.epoch * len(data.train) / max(seconds, 1e-9),
+        iterations=trainer.step, curve=curve,
+        extra={**(extra or {}), "epochs": trainer.epoch, "engine": trainer.engine, "device": str(trainer.device),
+               "test_iwae": ev["iwae"]["mean"], "test_iwae_se": ev["iwae"]["se"], "test_elbo_se": ev["elbo"]["se"],
                "grad_variance_encoder": variance["encoder"], "grad_variance_decoder": variance["decoder"],
                "inference": cfg.inference.model_dump()},
     )

@@ -8,7 +8,7 @@ from pyro_vae.components.likelihoods import LIKELIHOODS
 from pyro_vae.components.priors import PRIORS
 from pyro_vae.data import DATASETS
 
-# config section -> registry; the order is the order of the listing
+# config section -> the registry its spec is resolved against (pyro_vae.config); the order is the order of the listing
 ALL_REGISTRIES = {
     "model.prior": PRIORS,
     "model.likelihood": LIKELIHOODS,

@@ -12,13 +12,7 @@ import torch
 from pydantic import PositiveInt
 from torch import nn
 
-from pyro_vae.components.networks import (
-    Activation,
-    ConvDecoderNet,
-    ImageShape,
-    image_chw,
-    mlp,
-)
+from pyro_vae.components.networks import Activation, ConvDecoderNet, ImageShape, image_chw, mlp
 from pyro_vae.errors import ConfigError
 from pyro_vae.registry import Registry
 

@@ -3,6 +3,14 @@
 The build context is ``(x_dim, latent_dim, image_shape)``; only the ``conv`` guide uses
 ``image_shape``. Every guide is reparameterized (``rsample``), so the ELBO's gradient is the
 pathwise one.
+
+**Fast-path hook** (optional). A guide whose q(z|x) is a diagonal Normal declares the method
+``loc_scale(x) -> (loc, scale)``: for ``x`` ``(batch, x_dim)``, ``loc`` and ``scale`` of one shape
+``(batch, latent_dim)`` with q(z|x_b) = N(loc_b, diag scale_b^2), so that ``forward(x)`` is
+``dist.Normal(*self.loc_scale(x)).to_event(1)`` (write ``forward`` that way). Against a prior
+declaring ``kl_from_normal`` (:class:`pyro_vae.components.priors.Prior`), the fused ELBO draws
+``z = loc + eps * scale`` as ``Normal.rsample`` does and takes the KL from the prior, without
+building q or p; ``tests/inference/test_fused.py`` checks every registered guide that declares it.
 """
 
 from __future__ import annotations
@@ -60,7 +68,7 @@ class MeanFieldGuide(nn.Module):
             self.scale_net = mlp(x_dim, hidden, latent_dim, activation)
 
     def loc_scale(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``mu(x)`` and ``v(x)``, each ``(batch, latent_dim)``."""
+        """``mu(x)`` and ``v(x)``, each ``(batch, latent_dim)``: q(z|x) = N(mu, diag v^2) (the fast-path hook)."""
         if self.shared_trunk:
             h = self.trunk(x)
             loc, raw = self.loc_head(h), self.scale_head(h)
@@ -216,6 +224,11 @@ class ConvGuide(nn.Module):
         self.loc_head = nn.Linear(self.trunk.out_width, latent_dim)
         self.scale_head = nn.Linear(self.trunk.out_width, latent_dim)
 
-    def forward(self, x: torch.Tensor) -> dist.Distribution:
+    def loc_scale(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``mu(h(x))`` and ``v(h(x))``, each ``(batch, latent_dim)``: q(z|x) = N(mu, diag v^2) (the fast-path hook)."""
         h = self.trunk(x)
-        return dist.Normal(self.loc_head(h), positive_scale(self.scale_head(h))).to_event(1)
+        return self.loc_head(h), positive_scale(self.scale_head(h))
+
+    def forward(self, x: torch.Tensor) -> dist.Distribution:
+        loc, scale = self.loc_scale(x)
+        return dist.Normal(loc, scale).to_event(1)

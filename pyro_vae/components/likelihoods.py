@@ -20,8 +20,6 @@ from pyro_vae.errors import DataError
 from pyro_vae.registry import Registry
 
 LIKELIHOODS = Registry("likelihood")
-
-
 LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 
 
@@ -41,7 +39,7 @@ class Likelihood(nn.Module):
         """``log p(x | params)`` summed over features, shape ``params.shape[:-1]``: ``self(params).log_prob(x)``.
 
         The fused ELBO's hot path calls this; a subclass with a closed form overrides it to skip
-        building the distribution (``tests/test_fused.py`` holds each override to the distribution).
+        building the distribution (``tests/inference/test_fused.py`` holds each override to the distribution).
         """
         return self(params).log_prob(x)
 

@@ -19,11 +19,7 @@ ACTIVATIONS = {
     "gelu": nn.GELU,
     "leaky_relu": nn.LeakyReLU,
 }
-
-
 Activation = Literal["relu", "tanh", "elu", "softplus", "gelu", "leaky_relu"]
-
-
 ImageShape = Optional[Tuple[int, ...]]
 
 

@@ -8,9 +8,9 @@ from typing import Callable, Iterator, Tuple
 import pyro
 import pyro.poutine as poutine
 import torch
-from pyro.distributions.kl import kl_divergence
 from pyro.poutine.util import site_is_subsample
 
+from pyro_vae.inference.kl import ANALYTIC, MONTE_CARLO, analytic_kl
 from pyro_vae.model import VAE
 
 
@@ -52,25 +52,21 @@ def log_weights(model: Callable, guide: Callable, x: torch.Tensor, num_particles
 
 
 def elbo_terms(model: Callable, guide: Callable, x: torch.Tensor, num_particles: int,
-               kl: str = "analytic") -> Tuple[torch.Tensor, str]:
-    """Per-point ELBO estimate ``(batch,)`` averaged over ``num_particles`` draws, and the KL used.
+               kl: str = ANALYTIC) -> Tuple[torch.Tensor, str]:
+    r"""Per-point ELBO estimate ``(batch,)`` averaged over ``num_particles`` draws, and the KL estimator used.
 
-    ``kl: analytic`` replaces ``log p(z) - log q(z|x)`` by ``-KL(q || p(z))`` at every latent site
-    with a closed form (``monte_carlo`` if any site lacks one).
+    ``kl: monte_carlo`` averages :math:`\log p(x, z_k) - \log q(z_k|x)`; ``kl: analytic`` averages
+    :math:`\log p(x|z_k) - \mathrm{KL}(q(z|x) \,\|\, p(z))` with the KL in closed form
+    (:func:`pyro_vae.inference.kl.analytic_kl`), and is ``monte_carlo`` if any latent site lacks one.
     """
     model_trace, guide_trace = traces(model, guide, x, num_particles)
-    used = "monte_carlo"
-    total = 0.0
-    if kl == "analytic":
-        try:
-            terms = []
-            for site in _sample_sites(guide_trace):
-                terms.append(-kl_divergence(site["fn"], model_trace.nodes[site["name"]]["fn"]))
-            total = sum(terms) + sum(s["log_prob"] for s in _sample_sites(model_trace) if s["is_observed"])
-            used = "analytic"
-        except NotImplementedError:
-            pass
-    if used == "monte_carlo":
+    kls = [analytic_kl(site["fn"], model_trace.nodes[site["name"]]["fn"], reduce="event")
+           for site in _sample_sites(guide_trace)] if kl == ANALYTIC else [None]
+    if all(k is not None for k in kls):
+        used = ANALYTIC
+        total = sum(-k for k in kls) + sum(s["log_prob"] for s in _sample_sites(model_trace) if s["is_observed"])
+    else:
+        used = MONTE_CARLO
         total = sum(s["log_prob"] for s in _sample_sites(model_trace))
         total = total - sum(s["log_prob"] for s in _sample_sites(guide_trace))
     return total.expand(num_particles, x.shape[0]).mean(0), used

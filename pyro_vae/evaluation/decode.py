@@ -1,6 +1,6 @@
 """The inner loop of IWAE evaluation for the stock VAE: log p(x|z) of a chunk of particles without autograd.
 
-``fused.fused_iwae`` draws ``z`` and adds ``log p(z) - log q(z|x)``; what this module speeds up
+:func:`pyro_vae.evaluation.iwae.fused_log_weights` draws ``z`` and adds ``log p(z) - log q(z|x)``; what this module speeds up
 is the part that scales with ``x_dim``: the decoder (in-place activations, since nothing is kept
 for a backward pass) and the likelihood's closed-form ``log_prob``, optionally ``torch.compile``-d
 into fewer passes over the chunk.

@@ -12,44 +12,42 @@ from __future__ import annotations
 import math
 import sys
 import time
-from pathlib import Path
 from typing import Any, Dict, Optional
 
-import pyro
 import pyro.distributions as dist
 import torch
 from pyro.distributions.kl import kl_divergence
 from tqdm.auto import tqdm
 
-from pyro_vae.errors import RunDirError
 from pyro_vae.evaluation.bounds import elbo_terms, unit_kl_weight
 from pyro_vae.evaluation.gaps import refine_guide
 from pyro_vae.evaluation.iwae import iwae
-from pyro_vae.evaluation.linear_gaussian import marginal, posterior, as_gaussian, linear_gaussian
+from pyro_vae.evaluation.linear_gaussian import as_gaussian, linear_gaussian, marginal, posterior_distribution
+from pyro_vae.inference.kl import ANALYTIC, MONTE_CARLO, analytic_kl
 from pyro_vae.model import VAE
 
 ACTIVE_UNIT_THRESHOLD = 1e-2  # Burda et al. (2016): unit d is active if Cov_x(E_q[z_d]) > 0.01
-
-
 ELBO_PARTICLES = 16  # z draws per point behind each ELBO estimate
 
 
 # -- diagnostics of the latent space ----------------------------------------------------------------
 def kl_per_dimension(q: dist.Distribution, p: dist.Distribution, num_samples: int = 256) -> Optional[torch.Tensor]:
-    """KL(q(z_d|x) || p(z_d)) for each latent dimension ``d``, shape ``(batch, latent_dim)``.
+    r"""KL(q(z_d|x) || p(z_d)) for each latent dimension ``d``, shape ``(batch, latent_dim)``.
 
-    Closed form where torch has one, else Monte Carlo with ``num_samples`` draws; None when q or p
-    is not a product over dimensions (then a per-dimension KL is not defined).
+    For q and p products over dimensions, :math:`\mathrm{KL}(q \,\|\, p) = \sum_d \mathrm{KL}(q_d \,\|\, p_d)`;
+    each term in closed form where one is registered (:func:`pyro_vae.inference.kl.analytic_kl`), else
+    :math:`\frac1S \sum_s [\log q_d(z_s) - \log p_d(z_s)]`, ``z_s ~ q_d``, with ``S = num_samples``.
+    None when q or p is not such a product (then a per-dimension KL is not defined).
     """
-    q_base, p_base = getattr(q, "base_dist", None), getattr(p, "base_dist", None)
     if not (isinstance(q, dist.Independent) and isinstance(p, dist.Independent)
             and q.reinterpreted_batch_ndims == 1 and p.reinterpreted_batch_ndims == 1):
         return None
-    try:
-        return kl_divergence(q_base, p_base)
-    except NotImplementedError:
-        z = q_base.rsample((num_samples,)) if q_base.has_rsample else q_base.sample((num_samples,))
-        return (q_base.log_prob(z) - p_base.log_prob(z)).mean(0)
+    closed = analytic_kl(q, p, reduce="none")
+    if closed is not None:
+        return closed
+    q_base, p_base = q.base_dist, p.base_dist
+    z = q_base.rsample((num_samples,)) if q_base.has_rsample else q_base.sample((num_samples,))
+    return (q_base.log_prob(z) - p_base.log_prob(z)).mean(0)
 
 
 def stat(values: torch.Tensor) -> Dict[str, float]:
@@ -75,7 +73,7 @@ def evaluate_points(vae: VAE, x: torch.Tensor, samples: int = 1000, batch_size: 
     exact = linear_gaussian(vae)
     n = x.shape[0]
     per_point = {k: [] for k in ("elbo", "elbo_mc", "iwae", "log_p", "kl_post", "kl_dims", "q_mean", "gap_elbo", "gap_iwae")}
-    kl_used = "analytic"
+    kl_used = ANALYTIC
     width = max([x.shape[-1]] + [m.out_features for m in vae.modules() if isinstance(m, torch.nn.Linear)])
     total = n * (samples + ((gap_steps + (samples if exact is None else 0)) if gaps else 0))
     bar = tqdm(total=total, unit="draw", unit_scale=True, dynamic_ncols=True, disable=not progress,
@@ -84,10 +82,10 @@ def evaluate_points(vae: VAE, x: torch.Tensor, samples: int = 1000, batch_size: 
         with unit_kl_weight(vae):
             for xb in x.split(batch_size):
                 with torch.no_grad():
-                    elbo, used = elbo_terms(vae.model, vae.guide, xb, ELBO_PARTICLES, "analytic")
-                    kl_used = used if used == "monte_carlo" else kl_used
+                    elbo, used = elbo_terms(vae.model, vae.guide, xb, ELBO_PARTICLES, ANALYTIC)
+                    kl_used = used if used == MONTE_CARLO else kl_used
                     per_point["elbo"].append(elbo)
-                    per_point["elbo_mc"].append(elbo_terms(vae.model, vae.guide, xb, ELBO_PARTICLES, "monte_carlo")[0])
+                    per_point["elbo_mc"].append(elbo_terms(vae.model, vae.guide, xb, ELBO_PARTICLES, MONTE_CARLO)[0])
                     per_point["iwae"].append(iwae(vae.model, vae.guide, xb, samples, width, bar))
                     q, p = vae.encoder(xb), vae.prior()
                     per_point["q_mean"].append(q.mean)
@@ -96,12 +94,12 @@ def evaluate_points(vae: VAE, x: torch.Tensor, samples: int = 1000, batch_size: 
                         per_point["log_p"].append(marginal(*exact).log_prob(xb))
                         qg = as_gaussian(q)
                         if qg is not None:
-                            per_point["kl_post"].append(kl_divergence(qg, posterior(*exact, xb)))
+                            per_point["kl_post"].append(kl_divergence(qg, posterior_distribution(*exact, xb)))
                 if gaps:
                     with torch.enable_grad():  # callers may evaluate under no_grad; refining needs gradients
                         guide = refine_guide(vae, xb, steps=gap_steps, bar=bar)
                     with torch.no_grad():
-                        per_point["gap_elbo"].append(elbo_terms(vae.model, guide, xb, ELBO_PARTICLES, "analytic")[0])
+                        per_point["gap_elbo"].append(elbo_terms(vae.model, guide, xb, ELBO_PARTICLES, ANALYTIC)[0])
                         if exact is None:  # q* is a better proposal than the encoder: a tighter log p(x) bound
                             per_point["gap_iwae"].append(iwae(vae.model, guide, xb, samples, width, bar))
     finally:
@@ -109,7 +107,7 @@ def evaluate_points(vae: VAE, x: torch.Tensor, samples: int = 1000, batch_size: 
     cat = {k: torch.cat(v) for k, v in per_point.items() if v and all(t is not None for t in v)}
     out: Dict[str, Any] = {"n": n, "samples": samples}
     out["elbo"] = {**stat(cat["elbo"]), "kl": kl_used, "particles": ELBO_PARTICLES}
-    out["elbo_monte_carlo"] = {**stat(cat["elbo_mc"]), "kl": "monte_carlo", "particles": ELBO_PARTICLES}
+    out["elbo_monte_carlo"] = {**stat(cat["elbo_mc"]), "kl": MONTE_CARLO, "particles": ELBO_PARTICLES}
     out["iwae"] = {**stat(cat["iwae"]), "samples": samples}
     if "log_p" in cat:
         out["log_likelihood"] = {**stat(cat["log_p"]), "exact": True}
@@ -150,21 +148,3 @@ def evaluate_points(vae: VAE, x: torch.Tensor, samples: int = 1000, batch_size: 
         out["gaps"] = None
     out["seconds"] = time.perf_counter() - start
     return out
-
-
-def evaluate_run(path: str | Path, split: str = "test", samples: int = 1000, batch_size: int = 256,
-                 gaps: bool = False, gap_steps: int = 300, progress: bool = False, seed: int = 0) -> Dict[str, Any]:
-    """Evaluate the run in ``path`` on ``split`` and write ``path/evaluation.json`` atomically."""
-    from pyro_vae.runs.run import load_run
-    from pyro_vae.runs.rundir import RunDir, atomic_write_json
-
-    RunDir.existing(path).check_writable("evaluate writes evaluation.json into the run directory")
-    run = load_run(path)
-    x = run.data.split(split)
-    if len(x) == 0:
-        raise RunDirError(f"{run.path}: the {split} split is empty (see data.{split}_fraction in config.yaml)")
-    pyro.set_rng_seed(seed)
-    result = {"run": str(run.path), "split": split, "seed": seed,
-              **evaluate_points(run.vae, x, samples, batch_size, gaps, gap_steps, progress)}
-    atomic_write_json(Path(run.path) / "evaluation.json", result)
-    return result

@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Callable, Dict, Tuple
-
 import torch
 from pyro.distributions import is_validation_enabled
 from pyro.infer import ELBO, Trace_ELBO, TraceMeanField_ELBO
 
-from pyro_vae.components.guides import MeanFieldGuide
-from pyro_vae.components.priors import NormalPrior
 from pyro_vae.config import InferenceConfig
 from pyro_vae.inference.kl import ANALYTIC, MONTE_CARLO, analytic_kl
 from pyro_vae.model import VAE
@@ -49,12 +45,16 @@ def fused_elbo_loss(vae: VAE, x: torch.Tensor, num_particles: int = 1, kl: str =
 
     The hot path builds no distribution it can do without: p(z) keeps batch shape ``()`` and
     broadcasts against q's ``(batch,)`` (the data plate's ``expand`` would give the same values),
-    ``log p(x|z)`` is the likelihood's closed form, and a (guide, prior) pair in
-    :data:`CLOSED_FORMS` draws ``z`` and sums the KL without building q or p; unless validation is on.
+    ``log p(x|z)`` is the likelihood's closed form, and with ``kl="analytic"``, validation off, a
+    guide that declares ``loc_scale`` and a prior that declares ``kl_from_normal`` (the components'
+    fast-path hooks, see :func:`declares_fast_path`), neither q nor p is built:
+    ``(loc, scale) = vae.encoder.loc_scale(x)``, ``z`` from :func:`rsample_normal` and
+    ``sum_b KL = vae.prior.kl_from_normal(loc, scale)``, the generic path's numbers bit for bit.
     """
-    closed = CLOSED_FORMS.get((type(vae.encoder), type(vae.prior))) if kl == ANALYTIC else None
-    if closed is not None and not is_validation_enabled():
-        z, kl_term = closed(vae, x, num_particles)
+    if kl == ANALYTIC and not is_validation_enabled() and declares_fast_path(vae.encoder, vae.prior):
+        loc, scale = vae.encoder.loc_scale(x)  # (B, latent_dim) each: q(z|x_b) = N(loc_b, diag scale_b^2)
+        z = rsample_normal(loc, scale, num_particles)  # (K, B, latent_dim) or (B, latent_dim)
+        kl_term = vae.prior.kl_from_normal(loc, scale)  # () = sum_b KL(q(z|x_b) || p)
     else:
         q = vae.encoder(x)  # batch (B,), event (latent_dim,)
         z = q.rsample((num_particles,)) if num_particles > 1 else q.rsample()  # (K, B, latent_dim) or (B, latent_dim)
@@ -68,37 +68,28 @@ def fused_elbo_loss(vae: VAE, x: torch.Tensor, num_particles: int = 1, kl: str =
     return kl_term - _per_particle(log_lik.sum(), num_particles)
 
 
-ClosedForm = Callable[[VAE, torch.Tensor, int], Tuple[torch.Tensor, torch.Tensor]]
+def declares_fast_path(guide: torch.nn.Module, prior: torch.nn.Module) -> bool:
+    """Whether the guide declares ``loc_scale`` (its q(z|x) is a diagonal Normal,
+    :mod:`pyro_vae.components.guides`) and the prior ``kl_from_normal`` (its closed-form KL from one,
+    :class:`pyro_vae.components.priors.Prior`): then the analytic ELBO needs neither distribution.
+
+    The hooks are looked up on the classes: a method is a class attribute, and an instance lookup
+    that misses goes through ``nn.Module.__getattr__`` and raises (microseconds on every step of a
+    pair without hooks).
+    """
+    return callable(getattr(type(guide), "loc_scale", None)) and callable(getattr(type(prior), "kl_from_normal", None))
 
 
-CLOSED_FORMS: Dict[Tuple[type, type], ClosedForm] = {}
+def rsample_normal(loc: torch.Tensor, scale: torch.Tensor, num_particles: int = 1) -> torch.Tensor:
+    """``z = loc + eps * scale`` with ``eps ~ N(0, I)``: ``(K, *loc.shape)`` for ``K = num_particles > 1``,
+    else ``loc.shape``; ``loc`` and ``scale`` of one shape.
 
-
-"""``(guide class, prior class) -> f(vae, x, num_particles) = (z, sum_b KL(q(z|x_b) || p))``: the reparameterized
-draw and the analytic KL written out on the tensors, where building q and p costs more than the arithmetic
-(~30 us a step at the digits shape). Each must give the generic path's numbers bit for bit (tests/test_fused.py)."""
-
-
-def closed_form(guide: type, prior: type) -> Callable[[ClosedForm], ClosedForm]:
-    """Register the decorated function as the closed form for the exact classes ``(guide, prior)``."""
-    def register(fn: ClosedForm) -> ClosedForm:
-        CLOSED_FORMS[guide, prior] = fn
-        return fn
-    return register
-
-
-@closed_form(MeanFieldGuide, NormalPrior)
-def _mean_field_normal(vae: VAE, x: torch.Tensor, num_particles: int) -> Tuple[torch.Tensor, torch.Tensor]:
-    r"""q = N(mu, diag v^2) against p = N(m, diag s^2) (the prior's buffers, 0 and 1): ``z = mu + eps v`` with
-    ``eps`` drawn as ``Normal.rsample`` draws it, and torch's ``kl_normal_normal``,
-    :math:`\tfrac12 (r + ((\mu - m)/s)^2 - 1 - \log r)`, :math:`r = (v/s)^2`, in its own order of operations."""
-    loc, scale = vae.encoder.loc_scale(x)  # (B, latent_dim) each
+    The draw of ``Normal(loc, scale).rsample((K,))`` (or ``.rsample()``), written out as torch writes it:
+    the same standard variates from the same ``normal_`` call and the same two operations, so the same
+    seed gives the same ``z`` and leaves the random stream where Pyro's path leaves it.
+    """
     shape = (num_particles, *loc.shape) if num_particles > 1 else loc.shape
-    z = loc + torch.empty(shape, dtype=loc.dtype, device=loc.device).normal_() * scale
-    prior = vae.prior
-    var_ratio = (scale / prior.scale).pow(2)
-    t1 = ((loc - prior.loc) / prior.scale).pow(2)
-    return z, (0.5 * (var_ratio + t1 - 1 - var_ratio.log())).sum()
+    return loc + torch.empty(shape, dtype=loc.dtype, device=loc.device).normal_() * scale
 
 
 def _per_particle(total: torch.Tensor, num_particles: int) -> torch.Tensor:

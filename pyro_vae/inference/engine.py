@@ -45,10 +45,12 @@ class FusedELBO:
 
 @contextmanager
 def quiet():
-    """Silence torch's own deprecation notices raised while inductor imports and compiles (not ours to fix)."""
+    """Silence torch's own notices raised while inductor imports and compiles (not ours to fix): deprecations,
+    and dynamo's probe of ``.grad`` on the non-leaf tensors of a graph it traces after another was compiled."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.")
         warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.")
+        warnings.filterwarnings("ignore", message=r"The \.grad attribute of a Tensor that is not a leaf", category=UserWarning)
         yield
 
 

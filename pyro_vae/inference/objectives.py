@@ -8,9 +8,9 @@ import torch
 from pyro.infer import ELBO
 
 from pyro_vae.config import InferenceConfig
-from pyro_vae.inference.elbo import pyro_elbo, fused_elbo_loss
+from pyro_vae.inference.elbo import fused_elbo_loss, pyro_elbo
 from pyro_vae.inference.kl import ANALYTIC
-from pyro_vae.inference.renyi import pyro_renyi, fused_renyi_loss
+from pyro_vae.inference.renyi import fused_renyi_loss, pyro_renyi
 from pyro_vae.inference.score_function import pyro_score_function
 from pyro_vae.model import VAE
 

@@ -14,6 +14,18 @@ from pyro_vae.inference.elbo import log_likelihood_of
 from pyro_vae.model import VAE
 
 
+def renyi_bound(log_w: torch.Tensor, alpha: float) -> torch.Tensor:
+    r"""The per-point Renyi bound from log importance weights ``log_w`` ``(K, batch)``, shape ``(batch,)``:
+
+    .. math:: L_\alpha = \frac{1}{1-\alpha} \Big(\log \sum_k e^{(1-\alpha) \log w_k} - \log K\Big)
+              = \frac{1}{1-\alpha} \log \frac{1}{K} \sum_k w_k^{1-\alpha}
+
+    (alpha = 0: the IWAE bound :math:`\log \frac1K \sum_k w_k`); the log-sum-exp keeps it finite where the
+    weights themselves would under- or overflow.
+    """
+    return (torch.logsumexp((1.0 - alpha) * log_w, dim=0) - math.log(log_w.shape[0])) / (1.0 - alpha)
+
+
 class RenyiBound(RenyiELBO):
     r"""Pyro's :class:`~pyro.infer.RenyiELBO` with a ``differentiable_loss`` (reparameterized guides).
 
@@ -37,9 +49,7 @@ class RenyiBound(RenyiELBO):
             particles.append(log_w)
         # vectorized: one trace whose leading dim is the particle plate; else one trace per particle
         log_w = particles[0] if self.vectorize_particles and self.num_particles > 1 else torch.stack(particles)
-        log_w = log_w.reshape(self.num_particles, -1)  # (K, batch)
-        bound = (torch.logsumexp((1.0 - self.alpha) * log_w, dim=0) - math.log(self.num_particles)) / (1.0 - self.alpha)
-        return -bound.sum()
+        return -renyi_bound(log_w.reshape(self.num_particles, -1), self.alpha).sum()  # log_w (K, batch)
 
 
 def pyro_renyi(alpha: float) -> Callable[[InferenceConfig], ELBO]:
@@ -54,7 +64,7 @@ def pyro_renyi(alpha: float) -> Callable[[InferenceConfig], ELBO]:
 def fused_renyi_loss(vae: VAE, x: torch.Tensor, num_particles: int = 1, alpha: float = 0.0,
                      kl_weight: float | torch.Tensor = 1.0) -> torch.Tensor:
     r"""Minus the Renyi bound of ``x`` ``(batch, x_dim)``, summed over the batch, as
-    :class:`pyro_vae.objectives.RenyiBound` computes it (``alpha = 0``: the IWAE bound of Burda et al.).
+    :class:`RenyiBound` computes it (``alpha = 0``: the IWAE bound of Burda et al.).
 
     With ``K = num_particles`` reparameterized draws ``z_k ~ q(z|x_b)`` and beta = ``kl_weight``
     (``poutine.scale`` on ``z`` in model and guide scales both of its log-densities),
@@ -69,6 +79,4 @@ def fused_renyi_loss(vae: VAE, x: torch.Tensor, num_particles: int = 1, alpha: f
     q = vae.encoder(x)
     z = q.rsample((num_particles,)) if num_particles > 1 else q.rsample()  # (K, B, latent_dim) or (B, latent_dim)
     log_w = log_likelihood_of(vae, vae.decoder(z), x) + kl_weight * (vae.prior().log_prob(z) - q.log_prob(z))
-    log_w = log_w.reshape(num_particles, -1)  # (K, B)
-    bound = (torch.logsumexp((1.0 - alpha) * log_w, dim=0) - math.log(num_particles)) / (1.0 - alpha)
-    return -bound.sum()
+    return -renyi_bound(log_w.reshape(num_particles, -1), alpha).sum()  # log_w (K, B)

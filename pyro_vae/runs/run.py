@@ -6,16 +6,17 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
-from pyro_vae.training import distributed
-from pyro_vae.runs import plots
-from pyro_vae.build import build_vae
+
+from pyro_vae.build import build_vae, prepare
 from pyro_vae.config import Config, dump, read_yaml, validate
 from pyro_vae.data import Dataset, load_data
 from pyro_vae.errors import RunDirError, UserError, one_line
 from pyro_vae.model import VAE
-from pyro_vae.runs.rundir import RunDir
-from pyro_vae.training.trainer import Trainer, summarize
-from pyro_vae.build import prepare
+from pyro_vae.rundir import RunDir
+from pyro_vae.runs import plots
+from pyro_vae.training import distributed
+from pyro_vae.training.summary import summarize
+from pyro_vae.training.trainer import Trainer
 
 
 @dataclass
@@ -31,7 +32,7 @@ class Run:
 
 
 def default_out(cfg: Config) -> Path:
-    return Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.data.name}-{cfg.model.prior['name']}"
+    return Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.data.name}-{cfg.model.prior.name}"
 
 
 def train_run(cfg: Config, out: Optional[str | Path] = None, overwrite: bool = False,
@@ -44,7 +45,7 @@ def train_run(cfg: Config, out: Optional[str | Path] = None, overwrite: bool = F
     ctx = distributed.init(cfg.train.device)
     data, vae = prepare(cfg, ctx.device)
     out = out or (ctx.gather(str(default_out(cfg)))[0] if ctx.distributed else default_out(cfg))  # rank 0's clock names it
-    trainer = Trainer(cfg, data, vae, None, progress=progress, ctx=ctx)  # its checks (engine, ...) before any file
+    trainer = Trainer.from_config(cfg, data, vae, None, progress=progress, ctx=ctx)  # its checks (engine, ...) before any file
     trainer.run = run = ctx.on_main(lambda: RunDir.create(out, overwrite=overwrite))
     try:
         # the step-0 checkpoint comes before config.yaml, so every run directory has a checkpoint to resume from
@@ -80,7 +81,7 @@ def resume_run(path: str | Path, progress: Optional[bool] = None) -> Optional[Ru
     ctx.on_main(lambda: run.check_writable("resume writes checkpoints, metrics and plots there"))
     data, vae = prepare(cfg, ctx.device)
     # every rank has read the checkpoint before rank 0 can write the next one: that takes collectives
-    trainer = Trainer(cfg, data, vae, run if ctx.is_main else None, progress=progress, ctx=ctx)
+    trainer = Trainer.from_config(cfg, data, vae, run if ctx.is_main else None, progress=progress, ctx=ctx)
     trainer.load_state(state)
     if ctx.is_main:
         run.remove_stale_temporaries()
@@ -108,7 +109,7 @@ def finish(trainer: Trainer, run: Optional[RunDir], path: Path) -> Run:
     trainer.vae.cpu()
     if trainer.ctx.distributed:
         distributed.shutdown()
-    return Run(path if run is None else run.path, trainer.cfg, trainer.vae, trainer.data, trainer.metrics, summary)
+    return Run(path if run is None else run.path, trainer.config, trainer.vae, trainer.data, trainer.metrics, summary)
 
 
 def write_plots(run: RunDir, vae: VAE, data: Dataset, metrics: List[Dict[str, Any]]) -> List[Path]:
@@ -138,7 +139,7 @@ def load_run(path: str | Path) -> Run:
     run = RunDir.existing(path)
     cfg = read_config(run)
     state = run.load_checkpoint()
-    data = load_data(cfg.data.model_dump(), cfg.seed)
+    data = load_data(cfg.data, cfg.seed)
     vae = build_vae(cfg, state.get("x_dim", data.x_dim), data.image_shape)
     try:
         vae.load_state_dict(state["vae"])

@@ -35,8 +35,6 @@ from pyro_vae.build import resolve_device
 from pyro_vae.errors import UserError, file_system_error
 
 T = TypeVar("T")
-
-
 ENV_KEYS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
 

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import shlex
+import signal
+import sys
+import threading
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Dict, List, Optional
 
 import pyro
@@ -80,3 +86,73 @@ def grads_finite(params: List[torch.Tensor]) -> bool:
 
 
 _ONE: Dict[torch.device, torch.Tensor] = {}  # grads_finite's unscale factor per device, made once
+
+
+def nonfinite_step(vae: VAE, xb: torch.Tensor, rows: Optional[torch.Tensor], what: str, where: str, *,
+                   skip: bool, err: Optional[Exception] = None, checkpoint: Optional[Path] = None,
+                   announce: bool = True) -> None:
+    """A step whose loss or gradient is not finite (``what`` says which; ``where`` is e.g. ``step 7 (epoch 2)``):
+    diagnose it on ``xb`` ``(batch, x_dim)`` (``rows``: its rows of the training split) and raise a
+    :class:`NonFiniteError` naming the offending sites, or with ``skip`` warn (when ``announce``: under
+    torch.distributed every rank skips the same step and one says so) and return None, the step dropped.
+
+    ``err`` is the exception computing the loss raised, if it did (Pyro's argument validation rejecting a
+    NaN parameter); one that no non-finite value explains is re-raised, being a bug and not a divergence.
+    ``checkpoint`` is the last good checkpoint, which a stop leaves in place, named in the message.
+    """
+    found = diagnose(vae, xb, rows)
+    if err is not None and not found:
+        raise err
+    sites = "; ".join(found) or ("every site's log_prob is finite on re-tracing (the non-finite value arose "
+                                 "in the ELBO's arithmetic)")
+    msg = f"{where}: {what}; {sites}"
+    if skip:
+        if announce:
+            print(f"pyro-vae: warning: skipped non-finite {msg}", file=sys.stderr, flush=True)
+        return None
+    kept = f"; kept the last good checkpoint {checkpoint}" if checkpoint is not None else ""
+    raise NonFiniteError(f"non-finite {msg}{kept} (lower optim.lr, set optim.clip_norm, or set train.on_nonfinite=skip)")
+
+
+class SignalCatcher:
+    """SIGINT/SIGTERM while training: the first one is recorded in ``received`` (the loop finishes its step,
+    checkpoints when it can and raises :func:`interrupted`), a second one stops at once (KeyboardInterrupt).
+
+    Only the main thread can install handlers; elsewhere :meth:`catching` catches nothing.
+    """
+
+    def __init__(self, checkpoints: bool = True):
+        self.received: Optional[int] = None  # the first signal's number
+        self.checkpoints = checkpoints  # whether the loop writes a checkpoint on a signal (what the notice says)
+
+    @contextmanager
+    def catching(self):
+        """Install the handlers for the body of the ``with``; the previous ones come back after it."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+        then = " and writing a checkpoint" if self.checkpoints else ""
+
+        def handler(signum, frame):
+            if self.received is not None:
+                raise KeyboardInterrupt
+            self.received = signum
+            print(f"\npyro-vae: {signal.Signals(signum).name}: finishing the current step{then} "
+                  f"(send again to stop at once)", file=sys.stderr, flush=True)
+
+        for s in previous:
+            signal.signal(s, handler)
+        try:
+            yield
+        finally:
+            for s, h in previous.items():
+                signal.signal(s, h)
+
+
+def interrupted(signum: int, where: str, run_path: Optional[Path] = None) -> Interrupted:
+    """The error that ends a run stopped by signal ``signum`` at ``where`` (e.g. ``step 9 (end of epoch 1)``);
+    with ``run_path`` (a checkpoint was written there) it says how to continue."""
+    hint = f"; checkpoint written; continue with: pyro-vae resume {shlex.quote(str(run_path))}" \
+        if run_path is not None else ""
+    return Interrupted(signum, f"interrupted by {signal.Signals(signum).name} at {where}{hint}")

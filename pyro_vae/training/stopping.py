@@ -60,8 +60,11 @@ class EpochLimit:
         """The last ``patience`` epochs raised the best validation ELBO by at most ``min_delta``."""
         return self.wait >= self.patience
 
-    def update(self, epoch: int, val_elbo: float) -> bool:
-        """Record epoch ``epoch``'s validation ELBO and decide; True when it is the best so far (keep its parameters)."""
+    def update(self, epoch: int, val_elbo: float, seconds: float = 0.0) -> bool:
+        """Record epoch ``epoch``'s validation ELBO and decide; True when it is the best so far (keep its parameters).
+
+        ``seconds`` is the training time spent so far (the Trainer's clock: its steps, not validation); only a
+        rule with a time limit reads it."""
         if self.stopped:
             raise RuntimeError(f"update after the rule stopped training ({self.reason} at epoch {self.epoch})")
         self.epoch = epoch
@@ -72,14 +75,22 @@ class EpochLimit:
             self.reference, self.wait = float(val_elbo), 0
         else:
             self.wait += 1
-        last = epoch >= self.max_epochs
-        self.reason = self._decide(last) or ("max_epochs" if last else None)
+        limit = self._limit(epoch, seconds)
+        self.reason = self._decide(limit is not None) or limit
         return is_best
+
+    def _limit(self, epoch: int, seconds: float) -> Optional[str]:
+        """The hard limit reached after ``epoch`` epochs and ``seconds`` of training (a reason), or None."""
+        return "max_epochs" if epoch >= self.max_epochs else None
 
     def _decide(self, last: bool) -> Optional[str]:
         """A rule's own decision after the bookkeeping: a reason to stop, or None (and possibly a new ``lr``,
         never after the ``last`` epoch)."""
         return None
+
+    def describe(self) -> str:
+        """Why training stopped, in words (for the line the Trainer prints at the end)."""
+        return {"max_epochs": f"reached train.epochs = {self.max_epochs}"}.get(self.reason, str(self.reason))
 
     def state_dict(self) -> Dict[str, Any]:
         return {"rule": self.name, "lr": self.lr, "epoch": self.epoch, "best": self.best, "best_epoch": self.best_epoch,
@@ -141,8 +152,56 @@ class Plateau(EpochLimit):
             self.lr, self.wait = max(self.lr * self.factor, self.min_lr), 0
         return None
 
+    def describe(self) -> str:
+        if self.reason == "plateau":
+            return (f"no validation ELBO improvement > {self.min_delta:g} nats in {self.patience} epochs "
+                    f"at the floor step size {self.lr:g}")
+        return super().describe()
+
     def summary(self) -> Dict[str, Any]:
         return {**super().summary(), "factor": self.factor, "min_lr": self.min_lr}
+
+
+class BudgetLimit(EpochLimit):
+    r"""Train at the fixed step size ``lr`` until a budget is spent: ``max_epochs`` epochs or ``seconds`` of
+    training time, whichever comes first (at least one must be set).
+
+    With :math:`t` epochs done and :math:`s_t` seconds spent on their steps (the Trainer's clock, which
+    leaves out validation and checkpoints), training stops after epoch :math:`t` when
+
+    .. math:: t \ge \texttt{max\_epochs} \quad (\texttt{reason = "max\_epochs"}) \qquad\text{or}\qquad
+              s_t \ge \texttt{seconds} \quad (\texttt{reason = "seconds"}),
+
+    checked at epoch ends only, so at least one epoch is always trained and the last one may run past
+    ``seconds``. The validation ELBO is bookkept as by :class:`EpochLimit` (best epoch, ``converged``) but
+    never stops training or changes the step size. ``restore_best`` defaults to False: a budgeted method
+    is judged by the parameters its budget bought, not by the best epoch on the validation split.
+    """
+
+    name = "budget"
+
+    def __init__(self, lr: float, max_epochs: Optional[int] = None, seconds: Optional[float] = None,
+                 patience: int = 10, min_delta: float = 0.0, restore_best: bool = False):
+        if max_epochs is None and seconds is None:
+            raise ValueError("budget: set max_epochs or seconds")
+        if seconds is not None and not (math.isfinite(seconds) and seconds >= 0):
+            raise ValueError(f"seconds: expected a non-negative finite number, got {seconds!r}")
+        # EpochLimit checks max_epochs, lr, patience and min_delta; a seconds-only budget has no epoch cap
+        super().__init__(1 if max_epochs is None else max_epochs, lr, patience, min_delta, restore_best)
+        self.max_epochs, self.seconds = max_epochs, seconds
+
+    def _limit(self, epoch: int, seconds: float) -> Optional[str]:
+        if self.max_epochs is not None and epoch >= self.max_epochs:
+            return "max_epochs"
+        return "seconds" if self.seconds is not None and seconds >= self.seconds else None
+
+    def describe(self) -> str:
+        if self.reason == "max_epochs":
+            return f"spent the budget of {self.max_epochs} epochs"
+        return f"spent the budget of {self.seconds:g} s of training" if self.reason == "seconds" else str(self.reason)
+
+    def summary(self) -> Dict[str, Any]:
+        return {**super().summary(), "max_epochs": self.max_epochs, "seconds": self.seconds}
 
 
 RULES = {"epochs": EpochLimit, "plateau": Plateau}  # train.stop -> rule

@@ -1,16 +1,17 @@
-"""The SVI training loop: seeded minibatches, Adam on the ELBO, a stopping rule, per-epoch metrics and exact checkpoints."""
+"""The training loop: seeded minibatches, an optimizer step on a loss, a stopping rule, per-epoch metrics.
+
+The loop is all this module does. The checkpoint it writes is :mod:`pyro_vae.training.state`'s, the
+signal and non-finite guards are :mod:`pyro_vae.training.guards`', the final numbers are
+:mod:`pyro_vae.training.summary`'s; :meth:`Trainer.from_config` makes every part from a config.
+"""
 
 from __future__ import annotations
 
 import math
-import shlex
-import signal
 import sys
-import threading
 import time
 import warnings
-from contextlib import contextmanager
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import pyro
 import torch
@@ -18,140 +19,174 @@ from tqdm.auto import tqdm
 
 from pyro_vae.config import Config
 from pyro_vae.data import Dataset, binarize_batch
-from pyro_vae.errors import RunDirError
 from pyro_vae.errors import one_line as _first_line
 from pyro_vae.evaluation.bounds import elbo_per_point
 from pyro_vae.inference.elbo import evaluation_elbo
-from pyro_vae.inference.engine import adam, select_engine
-from pyro_vae.inference.kl import kl_report
+from pyro_vae.inference.engine import LossFn, adam, select_engine
 from pyro_vae.inference.objectives import build_elbo
 from pyro_vae.model import VAE
-from pyro_vae.runs.rundir import RunDir
 from pyro_vae.training import distributed
-from pyro_vae.training.guards import Interrupted, NonFiniteError, diagnose, grads_finite
-from pyro_vae.training.state import rng_state, set_rng_state
+from pyro_vae.training.guards import NonFiniteError, SignalCatcher, grads_finite, interrupted, nonfinite_step
+from pyro_vae.training.state import RunFiles, checkpoint_state, gather_ranks, generators, load_checkpoint_state
 from pyro_vae.training.stopping import EpochLimit, build_stopping
 
 TIMING_FIELDS = ("seconds", "wall_time", "examples_per_second")  # the only metrics that differ run to run
 
 
 class Trainer:
-    """Trains ``vae`` on ``data`` with the objective and optimizer that ``cfg`` names, writing to ``run``.
+    r"""Trains ``vae`` on ``data.train`` by ``optimizer`` steps on ``loss_fn`` until the ``stopping`` rule ends it.
 
-    Its whole state (see :meth:`state`) is a checkpoint: parameters, Adam's moments, every random
-    generator, the counters and, mid-epoch, the epoch's permutation and position, so a run continued
-    from a checkpoint takes exactly the steps the uninterrupted run would have taken.
+    Each epoch takes a permutation of the training rows from a stream seeded by ``seed`` (and, under
+    ``data.binarize: dynamic``, a fresh binarization from another), cuts it into minibatches of
+    ``batch_size`` rows and takes one step per minibatch ``x_b`` ``(B, x_dim)``:
+
+    .. math:: \theta \leftarrow \mathrm{step}\big(\nabla_\theta\, \ell(x_b, \beta_t) / B\big),
+
+    :math:`\ell` = ``loss_fn(x_b, beta)`` being minus the objective summed over the batch (with ``indexed_loss``,
+    ``loss_fn(x_b, beta, rows)`` also gets the batch's row indices into ``data.train``, for a loss with
+    per-point parameters) and :math:`\beta_t = \beta \min(1, (t+1) / (W S))` at step :math:`t`, ramped over
+    :math:`W` = ``kl_warmup_epochs`` epochs of :math:`S` steps (``beta`` when there is no warm-up). Gradients are
+    clipped to norm ``clip_norm`` when set. A non-finite loss or gradient stops the run naming the site
+    (or, with ``on_nonfinite="skip"``, drops the step).
+
+    After every epoch the validation score (``validation()``; default: the ELBO of the validation split,
+    :meth:`validate`) goes to ``stopping``, which says when training ends and which step size comes next;
+    the Trainer keeps a copy of the best epoch's parameters and, when the rule's ``restore_best`` is set,
+    ends with them. ``self.seconds`` is the time of the steps alone (no validation, no checkpoints): it is
+    the clock of the rule's time budgets and of ``examples_per_second``.
+
+    With a ``run`` directory its whole state (:meth:`state`) is a checkpoint, written at epoch ends, every
+    ``checkpoint_every_steps`` steps and on SIGINT/SIGTERM: a run continued from it takes exactly the steps
+    the uninterrupted run would have taken. ``config`` is what the checkpoint records as the run's config.
 
     Under ``torch.distributed`` (``ctx.world_size > 1``) every rank runs a Trainer: each takes its shard
     ``batch[rank::W]`` of every global batch, the loss is scaled by ``W / B`` and DDP averages the
     gradients, so each step follows the single-process full-batch gradient (``distributed.py`` derives
     it). Ranks agree on NaN and signal stops through one small all-reduce per step; only rank 0 (the one
-    given ``run``) prints and writes, and its checkpoint holds every rank's sampling state.
+    given ``run``) prints and writes, and its checkpoint holds every rank's sampling state. The validation
+    score depends on the parameters alone and every rank takes rank 0's, so every rank's rule decides alike.
 
-    ``stopping`` (default: the rule ``cfg.train`` names, :func:`pyro_vae.stopping.build_stopping`) sees the
-    validation ELBO after every epoch and says when training ends and which step size Adam takes next; the
-    Trainer keeps a copy of the best epoch's parameters and, when the rule's ``restore_best`` is set, ends
-    with them. The rule's state, the step size (in Adam's state) and the best parameters are in every
-    checkpoint. The validation ELBO depends on the parameters alone (:meth:`validate`), and under
-    torch.distributed every rank takes rank 0's number, so every rank's rule decides alike.
+    ``progress``: a progress bar (default: when stderr is a terminal), else one line per epoch on stdout;
+    ``quiet`` prints neither. Build one from a config with :meth:`from_config`.
     """
 
-    def __init__(self, cfg: Config, data: Dataset, vae: VAE, run: Optional[RunDir] = None, progress: Optional[bool] = None,
-                 ctx: Optional[distributed.Context] = None, stopping: Optional[EpochLimit] = None):
-        self.cfg, self.data, self.vae, self.run = cfg, data, vae, run
+    def __init__(self, vae: VAE, loss_fn: LossFn, optimizer: torch.optim.Optimizer, data: Dataset,
+                 stopping: EpochLimit, *, seed: int, batch_size: int, beta: float = 1.0, kl_warmup_epochs: int = 0,
+                 clip_norm: Optional[float] = None, on_nonfinite: str = "stop", validate_args: bool = False,
+                 checkpoint_every_steps: Optional[int] = None, indexed_loss: bool = False,
+                 validation: Optional[Callable[[], float]] = None, run: Optional[RunFiles] = None,
+                 progress: Optional[bool] = None, quiet: bool = False, ctx: Optional[distributed.Context] = None,
+                 config: Optional[Config] = None, engine: str = "custom"):
+        self.vae, self.loss_fn, self.optimizer, self.data, self.stop_rule = vae, loss_fn, optimizer, data, stopping
+        self.seed, self.batch_size, self.beta, self.kl_warmup_epochs = seed, batch_size, beta, kl_warmup_epochs
+        self.clip_norm, self.on_nonfinite, self.validate_args = clip_norm, on_nonfinite, validate_args
+        self.checkpoint_every_steps, self.indexed_loss, self.validation = checkpoint_every_steps, indexed_loss, validation
+        self.run, self.config, self.engine = run, config, engine
         self.ctx = ctx or distributed.current()
+        if indexed_loss and self.ctx.distributed:  # DDP's module calls the loss as loss(x, beta, scale)
+            raise ValueError("indexed_loss: not under torch.distributed")
         self.device = next(vae.parameters()).device
-        self.elbo = build_elbo(cfg.inference)
         self.eval_elbo = evaluation_elbo()  # val/test report the ELBO, not the training bound
-        # engine "fused": the same ELBO without Pyro's tracing (fused.py; Pyro's ELBO is its test oracle)
-        self.engine, self.loss_fn = select_engine(cfg, vae, self.elbo, data.train[:1].to(self.device))
         self.module = None  # the DDP-wrapped loss under torch.distributed
         self.stop_agreed: Optional[int] = None  # a signal any rank saw, agreed at the last step's all-reduce
         if self.ctx.distributed:
             self.module = distributed.wrap(vae, self.loss_fn, self.ctx, bool(self.unused_parameters()))
             # rank r > 0 samples z from its own stream; rank 0's is the single-process one
-            torch.manual_seed(distributed.rank_seed(cfg.seed, self.ctx.rank))
-        self.stop_rule = stopping if stopping is not None else build_stopping(cfg.train, cfg.optim.lr)
-        self.optimizer = adam(vae.parameters(), lr=self.stop_rule.lr)
+            torch.manual_seed(distributed.rank_seed(seed, self.ctx.rank))
+        self.set_lr(stopping.lr)  # the rule owns the step size
         self.best: Optional[Dict[str, torch.Tensor]] = None  # the best validated epoch's state dict (restore_best)
         self.restored = False  # whether the VAE now holds self.best, training being over
-        self.order = torch.Generator().manual_seed(cfg.seed + 1)  # data order
-        self.binarizer = torch.Generator().manual_seed(cfg.seed + 2)  # dynamic binarization
+        self.streams = generators(seed)  # data order and dynamic binarization
+        self.order, self.binarizer = self.streams["order"], self.streams["binarizer"]
         self.epoch, self.step, self.metrics, self.seconds = 0, 0, [], 0.0
         self.current: Optional[Dict[str, Any]] = None  # the epoch in progress; None between epochs
         self._x: Optional[torch.Tensor] = None  # the current epoch's (binarized) training data
-        self.stop_signal: Optional[int] = None
-        self.progress = (sys.stderr.isatty() if progress is None else progress) and self.ctx.is_main
-        self.steps_per_epoch = math.ceil(len(data.train) / cfg.train.batch_size)
+        self.signals = SignalCatcher(checkpoints=run is not None or self.ctx.distributed)
+        self.quiet = quiet or not self.ctx.is_main
+        self.progress = (sys.stderr.isatty() if progress is None else progress) and not self.quiet
+        self.steps_per_epoch = math.ceil(len(data.train) / batch_size)
 
-    # -- state -------------------------------------------------------------------------------
-    def generators(self) -> Dict[str, torch.Generator]:
-        return {"order": self.order, "binarizer": self.binarizer}
+    @classmethod
+    def from_config(cls, cfg: Config, data: Dataset, vae: VAE, run: Optional[RunFiles] = None,
+                    progress: Optional[bool] = None, ctx: Optional[distributed.Context] = None,
+                    stopping: Optional[EpochLimit] = None, **options) -> "Trainer":
+        """The Trainer of ``pyro-vae train``/``resume`` for ``cfg``: the loss of ``cfg.inference`` on the engine
+        ``cfg.train.engine`` selects (the fused loss where it covers the config, else Pyro's ELBO), the fused
+        Adam at the rule's step size, ``stopping`` (default: the rule ``cfg.train`` names) and the config's
+        seed, batch size, beta warm-up, clipping and guards. ``options`` are further Trainer keywords
+        (``quiet``, ``validation``...). The engine's checks (a ConfigError) come before anything is trained."""
+        device = next(vae.parameters()).device
+        engine, loss_fn = select_engine(cfg, vae, build_elbo(cfg.inference), data.train[:1].to(device))
+        rule = stopping if stopping is not None else build_stopping(cfg.train, cfg.optim.lr)
+        train, inf = cfg.train, cfg.inference
+        return cls(vae, loss_fn, adam(vae.parameters(), lr=rule.lr), data, rule, seed=cfg.seed,
+                   batch_size=train.batch_size, beta=inf.beta, kl_warmup_epochs=inf.kl_warmup_epochs,
+                   clip_norm=cfg.optim.clip_norm, on_nonfinite=train.on_nonfinite, validate_args=train.validate_args,
+                   checkpoint_every_steps=train.checkpoint_every_steps, run=run, progress=progress, ctx=ctx,
+                   config=cfg, engine=engine, **options)
 
+    # -- state: the checkpoint (pyro_vae.training.state) -------------------------------------
     def state(self) -> Dict[str, Any]:
-        """Everything needed to continue exactly where this trainer is (never a non-finite parameter)."""
-        bad = [n for n, p in self.vae.named_parameters() if not torch.isfinite(p).all()]
-        if bad:
-            raise NonFiniteError(f"step {self.step}: parameter {bad[0]} is not finite; refusing to overwrite the last "
-                                 f"good checkpoint (lower optim.lr or set optim.clip_norm)")
-        return {"config": self.cfg.to_dict(), "config_hash": self.cfg.hash(), "x_dim": self.data.x_dim,
-                "vae": self.vae.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "epoch": self.epoch, "step": self.step, "seconds": self.seconds, "metrics": self.metrics,
-                "current": None if self.current is None else dict(self.current),
-                "rng": rng_state(self.generators()),
-                "stopping": self.stop_rule.state_dict(), "best": self.best, "restored": self.restored,
-                "finished": self.finished}
+        """Everything needed to continue exactly where this trainer is (never a non-finite parameter): the config
+        and its hash, ``x_dim``, the parameters, the optimizer's state (moments, step size), the counters and
+        metrics rows, the epoch in progress (permutation, position, binarization state, running sums), every
+        random state, the stopping rule's state, the best epoch's parameters and whether training is finished
+        (:func:`pyro_vae.training.state.checkpoint_state`)."""
+        return checkpoint_state(config=self.config, x_dim=self.data.x_dim, vae=self.vae, optimizer=self.optimizer,
+                                stopping=self.stop_rule, streams=self.streams, epoch=self.epoch, step=self.step,
+                                seconds=self.seconds, metrics=self.metrics, current=self.current, best=self.best,
+                                restored=self.restored, finished=self.finished)
 
     def load_state(self, state: Dict[str, Any]) -> None:
         """Continue from ``state`` (a checkpoint); a checkpoint that does not fit this run is a RunDirError."""
-        where = state.get("_path", "checkpoint")
-        try:
-            if state["x_dim"] != self.data.x_dim:
-                raise ValueError(f"x_dim {state['x_dim']} but the data has {self.data.x_dim} features")
-            current = state["current"]
-            if current is not None and len(current["perm"]) != len(self.data.train):
-                raise ValueError(f"its permutation has {len(current['perm'])} rows but the data has {len(self.data.train)}")
-            self.vae.load_state_dict(state["vae"])
-            self.optimizer.load_state_dict(state["optimizer"])
-            self.epoch, self.step, self.seconds = state["epoch"], state["step"], state["seconds"]
-            self.metrics = list(state["metrics"])
-            self.stop_rule.load_state_dict(state["stopping"])
-            self.best, self.restored = state["best"], state["restored"]
-            set_rng_state(state["rng"], self.generators())
-            if self.ctx.distributed:
-                ranks = state["rng"].get("torch_ranks")
-                if ranks is not None and len(ranks) == self.ctx.world_size:
-                    torch.set_rng_state(ranks[self.ctx.rank])
-                elif self.ctx.rank > 0:  # a checkpoint of another world size: fresh streams for the new ranks
-                    torch.manual_seed(distributed.rank_seed(self.cfg.seed + self.step, self.ctx.rank))
-        except (KeyError, TypeError, ValueError, RuntimeError) as err:
-            raise RunDirError(f"{where}: does not fit this run ({_first_line(err)})") from None
-        self.current = None if current is None else dict(current)
-        ranks = None if self.current is None else self.current.pop("ranks", None)
-        if self.ctx.distributed and self.current is not None:
-            if ranks is not None and len(ranks) == self.ctx.world_size:
-                total, points = ranks[self.ctx.rank]
-                self.current.update(total=torch.tensor(total, dtype=torch.float32), points=points)
-            elif not self.ctx.is_main:  # another world size: rank 0 carries the epoch's sums so far
-                self.current.update(total=torch.zeros(()), points=0)
-        if self.current is not None:
-            self._x = self.epoch_data(torch.Generator().set_state(current["binarizer"])
-                                      if current["binarizer"] is not None else None)
+        counters = load_checkpoint_state(state, x_dim=self.data.x_dim, n_train=len(self.data.train), vae=self.vae,
+                                         optimizer=self.optimizer, stopping=self.stop_rule, streams=self.streams,
+                                         seed=self.seed, ctx=self.ctx)
+        self.epoch, self.step, self.seconds, self.metrics = (counters[k] for k in ("epoch", "step", "seconds", "metrics"))
+        self.best, self.restored, self.current = counters["best"], counters["restored"], counters["current"]
+        if self.current is not None:  # redraw the epoch's binarization from its saved starting state
+            binarizer = self.current["binarizer"]
+            self._x = self.epoch_data(torch.Generator().set_state(binarizer) if binarizer is not None else None)
 
     def save(self) -> None:
         """Checkpoint (collective under torch.distributed: every rank calls it, rank 0 writes)."""
         if self.run is None and not self.ctx.distributed:
             return
-        state = self.state()
-        if self.ctx.distributed:
-            state["rng"]["torch_ranks"] = self.ctx.gather(torch.get_rng_state())
-            if state["current"] is not None:  # the epoch's running sums: over all ranks (any world size resumes
-                # it) and per rank (the same world size resumes it bitwise)
-                ranks = self.ctx.gather([float(state["current"]["total"]), int(state["current"]["points"])])
-                state["current"].update(total=torch.tensor(sum(t for t, _ in ranks), dtype=torch.float32),
-                                        points=sum(n for _, n in ranks), ranks=ranks)
+        state = gather_ranks(self.state(), self.ctx) if self.ctx.distributed else self.state()
         if self.run is not None:
             self.run.save_checkpoint(state)
+
+    @property
+    def finished(self) -> bool:
+        """Training is over: the stopping rule ended it at an epoch's end (what ``resume`` checks)."""
+        return self.current is None and self.stop_rule.stopped
+
+    # -- guards: signals and non-finite steps (pyro_vae.training.guards) ---------------------
+    @property
+    def stop_signal(self) -> Optional[int]:
+        """The signal this process received (SIGINT/SIGTERM), if any."""
+        return self.signals.received
+
+    @stop_signal.setter
+    def stop_signal(self, signum: Optional[int]) -> None:
+        self.signals.received = signum
+
+    def stopping(self) -> Optional[int]:
+        """The signal to stop on: this process's, or under torch.distributed the one the ranks agreed on."""
+        return self.stop_agreed if self.ctx.distributed else self.stop_signal
+
+    def interrupt(self) -> None:
+        where = f"step {self.step} (epoch {self.epoch + 1}, batch {self.current['batch']}/{self.steps_per_epoch})" \
+            if self.current is not None else f"step {self.step} (end of epoch {self.epoch})"
+        raise interrupted(self.stopping(), where, self.run.path if self.run is not None else None)
+
+    def nonfinite(self, xb: torch.Tensor, rows: Optional[torch.Tensor], what: str,
+                  err: Optional[Exception] = None) -> None:
+        """Stop with a message naming the offending sites, or (``on_nonfinite: skip``) warn and skip the step."""
+        self.optimizer.zero_grad(set_to_none=True)
+        return nonfinite_step(self.vae, xb, rows, what, f"step {self.step + 1} (epoch {self.epoch + 1})",
+                              skip=self.on_nonfinite == "skip", err=err, announce=self.ctx.is_main,
+                              checkpoint=self.run.checkpoint if self.run is not None else None)
 
     def unused_parameters(self) -> List[str]:
         """Parameters that get no gradient from the loss (DDP must then look for them each step)."""
@@ -161,22 +196,12 @@ class Trainer:
         self.vae.zero_grad(set_to_none=True)
         return unused
 
-    def stopping(self) -> Optional[int]:
-        """The signal to stop on: this process's, or under torch.distributed the one the ranks agreed on."""
-        return self.stop_agreed if self.ctx.distributed else self.stop_signal
-
-    @property
-    def finished(self) -> bool:
-        """Training is over: the stopping rule ended it at an epoch's end (what ``resume`` checks)."""
-        return self.current is None and self.stop_rule.stopped
-
     # -- the loop ----------------------------------------------------------------------------
     def kl_weight(self) -> float:
         """beta, ramped linearly from 0 over ``kl_warmup_epochs`` (per step)."""
-        inf = self.cfg.inference
-        if inf.kl_warmup_epochs == 0:
-            return inf.beta
-        return inf.beta * min(1.0, (self.step + 1) / (inf.kl_warmup_epochs * self.steps_per_epoch))
+        if self.kl_warmup_epochs == 0:
+            return self.beta
+        return self.beta * min(1.0, (self.step + 1) / (self.kl_warmup_epochs * self.steps_per_epoch))
 
     def epoch_data(self, binarizer: Optional[torch.Generator]) -> torch.Tensor:
         """The training split, freshly binarized from ``binarizer`` under dynamic binarization, on the
@@ -195,21 +220,23 @@ class Trainer:
 
     def train_step(self, xb: torch.Tensor, rows: Optional[torch.Tensor] = None,
                    batch_size: Optional[int] = None) -> Optional[torch.Tensor]:
-        """One SVI step on ``xb`` ``(batch, x_dim)``; returns the loss per point, or None if it was skipped.
+        """One step on ``xb`` ``(batch, x_dim)`` (``rows``: its rows of ``data.train``); returns the loss per
+        point, or None if it was skipped.
 
         Under torch.distributed ``xb`` is this rank's shard of a global batch of ``batch_size`` rows.
         """
         vae = self.vae
         vae.kl_weight = self.kl_weight()
-        # the parameters Adam steps (a list it keeps: walking the module tree each step costs more);
+        # the parameters the optimizer steps (a list it keeps: walking the module tree each step costs more);
         # dropping their gradients is zero_grad(set_to_none=True) without its profiler scope
         params = [p for group in self.optimizer.param_groups for p in group["params"]]
         for p in params:
             p.grad = None
         loss, error = None, None
+        args = (xb, vae.kl_weight, rows) if self.indexed_loss else (xb, vae.kl_weight)
         try:
             if self.module is None:
-                loss = self.loss_fn(xb, vae.kl_weight) / len(xb)
+                loss = self.loss_fn(*args) / len(xb)
             else:  # W/B times the shard's sum: DDP's average over ranks is then the full-batch gradient
                 W = self.ctx.world_size
                 loss = self.module(xb, vae.kl_weight, W / (batch_size or len(xb) * W))
@@ -230,35 +257,19 @@ class Trainer:
         if not grads_finite(params):
             names = [n for n, p in vae.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
             return self.nonfinite(xb, rows, f"the gradient of {names[0]} is not finite")
-        if self.cfg.optim.clip_norm is not None:
-            torch.nn.utils.clip_grad_norm_(params, self.cfg.optim.clip_norm)
+        if self.clip_norm is not None:
+            torch.nn.utils.clip_grad_norm_(params, self.clip_norm)
         self.optimizer.step()
         if self.module is not None:  # back to the shard's mean, for the epoch's train_elbo
             loss = loss * (batch_size or len(xb) * self.ctx.world_size) / max(len(xb) * self.ctx.world_size, 1)
         return loss.detach()
 
-    def nonfinite(self, xb: torch.Tensor, rows: Optional[torch.Tensor], what: str,
-                  err: Optional[Exception] = None) -> None:
-        """Stop with a message naming the offending sites, or (``on_nonfinite: skip``) warn and skip the step."""
-        self.optimizer.zero_grad(set_to_none=True)
-        found = diagnose(self.vae, xb, rows)
-        if err is not None and not found:
-            raise err  # a ValueError that no NaN explains is a bug, not a divergence
-        where = "; ".join(found) or "every site's log_prob is finite on re-tracing (the non-finite value arose in the ELBO's arithmetic)"
-        msg = f"step {self.step + 1} (epoch {self.epoch + 1}): {what}; {where}"
-        if self.cfg.train.on_nonfinite == "skip":
-            if self.ctx.is_main:  # every rank skips the same step; one of them says so
-                print(f"pyro-vae: warning: skipped non-finite {msg}", file=sys.stderr, flush=True)
-            return None
-        kept = f"; kept the last good checkpoint {self.run.checkpoint}" if self.run is not None else ""
-        raise NonFiniteError(f"non-finite {msg}{kept} (lower optim.lr, set optim.clip_norm, or set train.on_nonfinite=skip)")
-
     def train_epoch(self, bar) -> float:
         """Finish the current epoch (starting one if none is in progress); returns the mean objective per data point."""
         if self.current is None:
             self.begin_epoch()
-        cur, every = self.current, self.cfg.train.checkpoint_every_steps
-        batches = cur["perm"].split(self.cfg.train.batch_size)
+        cur, every = self.current, self.checkpoint_every_steps
+        batches = cur["perm"].split(self.batch_size)
         start, seconds0 = time.perf_counter(), cur["seconds"]
         self.vae.train()
         for batch in batches[cur["batch"]:]:
@@ -285,55 +296,24 @@ class Trainer:
             raise NonFiniteError(f"epoch {self.epoch + 1}: every step was non-finite and skipped; nothing to train on")
         return -float(total) / points
 
-    def interrupt(self) -> None:
-        name = signal.Signals(self.stopping()).name
-        where = f"step {self.step} (epoch {self.epoch + 1}, batch {self.current['batch']}/{self.steps_per_epoch})" \
-            if self.current is not None else f"step {self.step} (end of epoch {self.epoch})"
-        hint = f"; checkpoint written; continue with: pyro-vae resume {shlex.quote(str(self.run.path))}" \
-            if self.run is not None else ""
-        raise Interrupted(self.stopping(), f"interrupted by {name} at {where}{hint}")
-
-    @contextmanager
-    def catch_signals(self):
-        """On SIGINT/SIGTERM, finish the current step and stop at a checkpoint; a second signal stops at once."""
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-        previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-
-        def handler(signum, frame):
-            if self.stop_signal is not None:
-                raise KeyboardInterrupt
-            self.stop_signal = signum
-            print(f"\npyro-vae: {signal.Signals(signum).name}: finishing the current step and writing a checkpoint "
-                  f"(send again to stop at once)", file=sys.stderr, flush=True)
-
-        for s in previous:
-            signal.signal(s, handler)
-        try:
-            yield
-        finally:
-            for s, h in previous.items():
-                signal.signal(s, h)
-
     def close(self) -> None:
         """Release the DDP wrapper (and its gradient hooks) once training is over; the VAE stays."""
         self.module = None
 
     def fit(self) -> List[Dict[str, Any]]:
-        cfg = self.cfg
+        """Train until the stopping rule ends it (or a signal stops it at a checkpoint); returns the metrics rows."""
         if self.ctx.distributed and self.module is None:
             raise RuntimeError("Trainer.fit after close(): the DDP wrapper is gone; build a new Trainer")
-        total_steps = cfg.train.epochs * self.steps_per_epoch
-        bar = tqdm(total=total_steps, initial=self.step, unit="step",
+        cap = self.stop_rule.max_epochs  # None: a time budget alone
+        bar = tqdm(total=cap * self.steps_per_epoch if cap else None, initial=self.step, unit="step",
                    dynamic_ncols=True, disable=not self.progress, file=sys.stderr)
         try:
-            # validation as the config says while training, restored after (it is process-wide state)
-            with self.catch_signals(), warnings.catch_warnings(), pyro.validation_enabled(cfg.train.validate_args):
+            # validation as configured while training, restored after (it is process-wide state)
+            with self.signals.catching(), warnings.catch_warnings(), pyro.validation_enabled(self.validate_args):
                 # the guard below reports a NaN loss itself, naming the site; Pyro's multi-line warning would not
                 warnings.filterwarnings("ignore", "Encountered NaN", UserWarning)
                 while not self.stop_rule.stopped:
-                    bar.set_description(f"epoch {self.epoch + 1} (at most {cfg.train.epochs})")
+                    bar.set_description(f"epoch {self.epoch + 1}" + (f" (at most {cap})" if cap else ""))
                     self.end_epoch(self.train_epoch(bar if self.progress else None), bar)
                     if self.stopping() is not None:
                         self.interrupt()
@@ -348,21 +328,22 @@ class Trainer:
         """One line for the user from rank 0: above the progress bar, or on stdout beside the epoch lines."""
         if self.progress and bar is not None:
             bar.write(message, file=sys.stderr)
-        elif self.ctx.is_main:
+        elif not self.quiet:
             print(message, flush=True)
 
     @torch.no_grad()
     def validate(self) -> float:
-        """The validation ELBO (nats per point; the training split when there is no validation split) of the
-        current parameters, its z drawn from a stream seeded by ``cfg.seed`` alone and the training stream left
-        untouched: equal parameters score equally, so epochs differ by their parameters and not their draws,
-        and restored best parameters score their recorded value. Under torch.distributed every rank returns
-        rank 0's number (one small collective), so the stopping rule decides alike on every rank."""
+        """The validation score of the current parameters (``validation()``; by default the ELBO in nats per
+        point of the validation split, the training split when there is none), its draws from a stream seeded
+        by ``seed`` alone and the training stream left untouched: equal parameters score equally, so epochs
+        differ by their parameters and not their draws, and restored best parameters score their recorded
+        value. Under torch.distributed every rank returns rank 0's number (one small collective), so the
+        stopping rule decides alike on every rank."""
         val = self.data.val if len(self.data.val) else self.data.train
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-            torch.manual_seed(self.cfg.seed + 3)
-            elbo = elbo_per_point(self.vae, self.eval_elbo, val)
-        return self.ctx.gather(elbo)[0] if self.ctx.distributed else elbo
+            torch.manual_seed(self.seed + 3)
+            score = self.validation() if self.validation is not None else elbo_per_point(self.vae, self.eval_elbo, val)
+        return self.ctx.gather(score)[0] if self.ctx.distributed else score
 
     def set_lr(self, lr: float) -> None:
         for group in self.optimizer.param_groups:
@@ -377,22 +358,19 @@ class Trainer:
     def conclude(self) -> None:
         """Say why training stopped and which parameters it kept."""
         rule = self.stop_rule
-        why = {"plateau": f"no validation ELBO improvement > {rule.min_delta:g} nats in {rule.patience} epochs "
-                          f"at the floor step size {rule.lr:g}",
-               "max_epochs": f"reached train.epochs = {rule.max_epochs}"}.get(rule.reason, rule.reason)
         kept = f"; restored the parameters of epoch {rule.best_epoch} (best validation ELBO {rule.best:.3f})" \
             if self.restored else ""
-        self.say(f"stopped after epoch {self.epoch}: {why}{kept}")
+        self.say(f"stopped after epoch {self.epoch}: {rule.describe()}{kept}")
 
     def end_epoch(self, train_elbo: float, bar) -> None:
         """Validate, let the stopping rule decide (a new step size; once it stops, the best parameters restored),
         record the epoch's metrics, then checkpoint (before metrics.jsonl, which never runs ahead)."""
-        cfg, cur, rule = self.cfg, self.current, self.stop_rule
+        cur, rule = self.current, self.stop_rule
         val_elbo = self.validate()
         self.epoch += 1
         self.seconds += cur["seconds"]
         lr = rule.lr  # the step size this epoch took
-        if rule.update(self.epoch, val_elbo) and rule.restore_best:
+        if rule.update(self.epoch, val_elbo, self.seconds) and rule.restore_best:
             self.best = {k: v.detach().clone() for k, v in self.vae.state_dict().items()}
         row = {"epoch": self.epoch, "step": self.step, "train_elbo": train_elbo, "val_elbo": val_elbo, "lr": lr,
                "seconds": cur["seconds"], "wall_time": self.seconds,
@@ -403,8 +381,9 @@ class Trainer:
         if self.progress:
             bar.set_postfix(train_elbo=f"{train_elbo:.2f}", val_elbo=f"{val_elbo:.2f}",
                             ex_s=f"{row['examples_per_second']:.0f}")
-        elif self.ctx.is_main:
-            print(f"epoch {self.epoch:>4}/{cfg.train.epochs}  train_elbo {train_elbo:10.3f}  "
+        elif not self.quiet:
+            cap = f"/{rule.max_epochs}" if rule.max_epochs else ""
+            print(f"epoch {self.epoch:>4}{cap}  train_elbo {train_elbo:10.3f}  "
                   f"val_elbo {val_elbo:10.3f}  {row['examples_per_second']:8.0f} ex/s", flush=True)
         if rule.lr != lr:
             self.set_lr(rule.lr)
@@ -415,32 +394,3 @@ class Trainer:
         self.save()
         if self.run is not None:
             self.run.write_metrics(self.metrics)
-
-
-def summarize(trainer: Trainer) -> Dict[str, Any]:
-    """Final numbers of a finished run (nats per data point) and the per-site KL report.
-
-    ``train_elbo`` and ``val_elbo`` are those of the epoch whose parameters the run ends with (the best
-    epoch's when they were restored), ``test_elbo`` is computed from them; ``stopped`` says which rule
-    ended training, why, where, and whether the best parameters were restored; ``converged`` is the
-    rule's verdict (the last ``patience`` epochs raised the best validation ELBO by at most ``min_delta``).
-    """
-    vae, data, cfg, rule = trainer.vae, trainer.data, trainer.cfg, trainer.stop_rule
-    probe = data.train[: min(len(data.train), 16)].to(trainer.device)
-    last = next(r for r in trainer.metrics if r["epoch"] == rule.best_epoch) if trainer.restored else trainer.metrics[-1]
-    return {
-        "epochs": trainer.epoch,
-        "steps": trainer.step,
-        "stopped": {**rule.summary(), "restored_best": trainer.restored},
-        "converged": rule.converged,
-        "train_elbo": last["train_elbo"],
-        "val_elbo": last["val_elbo"],
-        "test_elbo": elbo_per_point(vae, trainer.eval_elbo, data.test) if len(data.test) else None,
-        "kl": kl_report(vae.model, vae.guide, probe, cfg.inference.kl),
-        "kl_requested": cfg.inference.kl,
-        "seconds": trainer.seconds,
-        "examples_per_second": trainer.epoch * len(data.train) / max(trainer.seconds, 1e-9),
-        "num_parameters": sum(p.numel() for p in vae.parameters()),
-        "x_dim": data.x_dim,
-        "n_train": len(data.train), "n_val": len(data.val), "n_test": len(data.test),
-    }

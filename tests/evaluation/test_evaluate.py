@@ -13,8 +13,10 @@ from pyro_vae.evaluation.bounds import elbo_terms, log_weights
 from pyro_vae.evaluation.evaluate import ACTIVE_UNIT_THRESHOLD, evaluate_points, kl_per_dimension
 from pyro_vae.evaluation.gradients import gradient_variance
 from pyro_vae.evaluation import iwae as iwae_module
-from pyro_vae.evaluation.iwae import chunk_size, fused_iwae, iwae, stock_vae
-from pyro_vae.evaluation.linear_gaussian import linear_gaussian, marginal, posterior
+from pyro_vae.baselines import ppca
+from pyro_vae.evaluation.iwae import chunk_size, fused_iwae, iwae, proposal_iwae, stock_vae
+from pyro_vae.evaluation.linear_gaussian import (exact_log_likelihood, is_linear_gaussian, linear_gaussian, marginal,
+                                                 posterior, posterior_distribution)
 from pyro_vae.data import load_data
 from pyro_vae.errors import ConfigError
 from pyro_vae.inference.objectives import build_elbo
@@ -29,7 +31,7 @@ LINEAR = {"data": {"name": "synthetic", "x_dim": 6, "latent_dim": 2, "noise": 0.
 def linear_vae(train_steps=0):
     """A PPCA VAE whose decoder is the data's true (W, b, sigma); the encoder optionally fitted by SVI."""
     cfg = validate_config(LINEAR)
-    data = load_data(cfg.data.model_dump(), cfg.seed)
+    data = load_data(cfg.data, cfg.seed)
     vae = build_vae(cfg, data.x_dim)
     with torch.no_grad():
         vae.decoder.linear.weight.copy_(data.truth["W"])
@@ -71,7 +73,7 @@ def test_linear_gaussian_marginal_and_posterior_satisfy_bayes_rule():
     z = torch.randn(7, 2) * 2
     lhs = marginal(W, b, sigma2).log_prob(x)
     rhs = (vae.likelihood(vae.decoder(z)).log_prob(x) + vae.prior().log_prob(z)
-           - posterior(W, b, sigma2, x).log_prob(z))
+           - posterior_distribution(W, b, sigma2, x).log_prob(z))
     assert torch.allclose(lhs, rhs.detach(), atol=1e-4)
 
 
@@ -79,6 +81,44 @@ def test_non_linear_models_have_no_exact_likelihood():
     assert linear_gaussian(build_vae(validate_config({}), 5)) is None
     cfg = {**LINEAR, "model": {**LINEAR["model"], "prior": "laplace"}}
     assert linear_gaussian(build_vae(validate_config(cfg), 6)) is None
+
+
+@pytest.mark.parametrize("model,expected", [
+    (LINEAR["model"], True),
+    ({**LINEAR["model"], "likelihood": {"name": "normal", "learn_scale": "per_feature"}}, True),
+    ({"latent_dim": 2}, False),
+    ({**LINEAR["model"], "prior": "laplace"}, False),
+    ({**LINEAR["model"], "likelihood": "bernoulli"}, False),
+    ({**LINEAR["model"], "decoder": "mlp"}, False),
+])
+def test_is_linear_gaussian_says_the_same_of_a_config_and_of_the_vae_built_from_it(model, expected):
+    cfg = validate_config({"model": model})
+    vae = build_vae(cfg, 6)
+    assert is_linear_gaussian(cfg.model) is expected and is_linear_gaussian(vae) is expected
+    if expected:  # a prior moved off N(0, I) (a loaded state dict could) is no longer the model of the closed forms
+        with torch.no_grad():
+            vae.prior.loc.fill_(0.5)
+        assert not is_linear_gaussian(vae) and linear_gaussian(vae) is None
+
+
+def test_one_exact_evaluator_for_the_vae_and_the_ppca_baseline():
+    """The VAE's exact log p(x), pPCA's float64 log-likelihood and posterior, and the posterior distribution
+    are one computation: the same numbers from the same (W, b, sigma^2)."""
+    vae, data = linear_vae()
+    x = data.test
+    W, b, noise_var = linear_gaussian(vae, torch.float64)
+    assert W.dtype == b.dtype == noise_var.dtype == torch.float64 and noise_var.shape == (6,)
+    exact = exact_log_likelihood(vae, x)
+    assert exact == ppca.log_likelihood(x, W, b, noise_var)
+    assert exact == pytest.approx(float(marginal(*linear_gaussian(vae)).log_prob(x).mean()), abs=1e-4)
+    A, b64, G = ppca.posterior(W.float(), b.float(), noise_var)  # float32 W and b in, float64 out
+    assert A.dtype == G.dtype == torch.float64 and A.shape == (2, 6) and G.shape == (2, 2)
+    torch.testing.assert_close((A, b64, G), posterior(W, b, noise_var))
+    post = posterior_distribution(W, b, noise_var, x.double())
+    torch.testing.assert_close(post.mean, (x.double() - b) @ A.T)
+    torch.testing.assert_close(post.covariance_matrix[0], G)
+    with pytest.raises(ValueError, match="not a linear-Gaussian model"):
+        exact_log_likelihood(build_vae(validate_config({}), 6), x)
 
 
 def test_iwae_approaches_exact_log_likelihood_as_k_grows(trained):
@@ -305,6 +345,24 @@ def test_custom_guides_and_scaled_models_keep_the_traced_path(fused_calls):
         assert stock_vae(vae.model, vae.guide) is vae
     with pytest.raises(ConfigError, match="iwae engine 'jax'"):
         iwae(vae.model, vae.guide, x, 10, engine="jax")
+
+
+def test_proposal_iwae_is_the_log_mean_weight_of_its_own_draws():
+    """With an explicit proposal q: log (1/K) sum_k p(z_k) p(x|z_k) / q(z_k), z_k ~ q, in chunks (4, 4, 2) of the same
+    draws; with the encoder's q(z|x) it is the fused IWAE, draw for draw."""
+    vae, x = small_vae("normal", "mean_field", {"name": "normal", "learn_scale": "global"})
+    q = dist.Normal(0.3 * torch.randn(5, 2), torch.full((5, 2), 0.7)).to_event(1)
+    with torch.no_grad():
+        pyro.set_rng_seed(6)
+        got = proposal_iwae(vae, q, x, 10, chunk=4)
+        pyro.set_rng_seed(6)
+        z = torch.cat([q.rsample((k,)) for k in (4, 4, 2)])  # (10, 5, 2)
+        log_w = vae.prior().log_prob(z) + vae.likelihood(vae.decoder(z)).log_prob(x) - q.log_prob(z)
+        torch.testing.assert_close(got, torch.logsumexp(log_w, 0) - math.log(10), rtol=1e-5, atol=1e-5)
+        pyro.set_rng_seed(6)
+        own = proposal_iwae(vae, vae.encoder(x), x, 10, chunk=4)
+        pyro.set_rng_seed(6)
+        assert torch.equal(own, fused_iwae(vae, x, 10, chunk=4))
 
 
 def test_fused_iwae_advances_the_progress_bar_by_draws():

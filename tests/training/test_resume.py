@@ -17,7 +17,7 @@ from hypothesis import given, settings, strategies as st
 from pyro_vae import load_config, train_run, validate_config
 from pyro_vae.cli import main
 from pyro_vae.config import dump
-from pyro_vae.runs.rundir import RunDir
+from pyro_vae.rundir import RunDir
 from pyro_vae.training.trainer import TIMING_FIELDS, Trainer
 from pyro_vae.training.guards import Interrupted
 from pyro_vae.build import prepare
@@ -187,7 +187,7 @@ def test_mid_epoch_interrupt_resumes_dynamic_binarization_exactly(tmp_path, tiny
     data, vae = prepare(cfg)
     run = RunDir.create(tmp_path / "cut")
     run.write_config((tmp_path / "whole" / "config.yaml").read_text())
-    trainer = Trainer(cfg, data, vae, run, progress=False)
+    trainer = Trainer.from_config(cfg, data, vae, run, progress=False)
     step = trainer.train_step
 
     def stop_after_step_8(xb, rows=None):
@@ -208,7 +208,7 @@ def test_mid_epoch_interrupt_resumes_dynamic_binarization_exactly(tmp_path, tiny
 
 def fit(cfg):
     data, vae = prepare(cfg)
-    trainer = Trainer(cfg, data, vae, progress=False)
+    trainer = Trainer.from_config(cfg, data, vae, progress=False)
     rows = [{k: v for k, v in row.items() if k not in TIMING_FIELDS} for row in trainer.fit()]
     return rows, vae.state_dict()
 

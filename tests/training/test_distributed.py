@@ -14,7 +14,7 @@ import torch
 
 from conftest import TINY, run_cli
 from pyro_vae.training import distributed
-from pyro_vae.runs.rundir import RunDir
+from pyro_vae.rundir import RunDir
 
 # One script for both sides of the comparison: with argv[1] == 1 it takes the steps in this process,
 # with 2 it launches two gloo ranks that each take their shard ``batch[rank::2]``.
@@ -49,7 +49,7 @@ STEP_SCRIPT = textwrap.dedent('''
         cfg = validate({"seed": 3, "model": {"decoder": {"hidden": [16]}}, "guide": {"hidden": [16]},
                         "inference": {"kl": "analytic"}, "optim": {"lr": 0.01}, "train": {"engine": engine}})
         data, vae = prepare(cfg, ctx.device)
-        trainer = Trainer(cfg, data, vae, None, progress=False, ctx=ctx)
+        trainer = Trainer.from_config(cfg, data, vae, None, progress=False, ctx=ctx)
         init = [p.detach().clone() for p in vae.parameters()]
         result = {}
         # one step from the same parameters on a global batch of 2B = 16 rows, then on an uneven one of 7

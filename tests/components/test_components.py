@@ -79,7 +79,7 @@ def config_with(section, name):
 def test_vae_sites_shapes_and_model_guide_match(section, name):
     cfg = config_with(section, name)
     vae = build_vae(cfg, X_DIM, IMAGE)
-    x = data_for(cfg.model.likelihood["name"])
+    x = data_for(cfg.model.likelihood.name)
     guide_trace = poutine.trace(vae.guide).get_trace(x)
     model_trace = poutine.trace(poutine.replay(vae.model, trace=guide_trace)).get_trace(x)
     model_trace.compute_log_prob()

@@ -61,7 +61,7 @@ def test_train_step_is_the_plain_adam_step_on_the_fused_loss(validate_args):
     cfg = validate_config({**TINY, "train": {**TINY["train"], "validate_args": validate_args}})
     data, vae = prepare(cfg)
     twin = copy.deepcopy(vae)
-    trainer = Trainer(cfg, data, vae, progress=False)
+    trainer = Trainer.from_config(cfg, data, vae, progress=False)
     opt = torch.optim.Adam(twin.parameters(), lr=cfg.optim.lr)
     xb = data.train[:32]
     with pyro.validation_enabled(validate_args):
@@ -84,7 +84,35 @@ def test_a_trainer_follows_the_stopping_rule_it_is_handed():
 
     cfg = validate_config({**TINY, "train": {**TINY["train"], "epochs": 50}})
     data, vae = prepare(cfg)
-    trainer = Trainer(cfg, data, vae, progress=False, stopping=EpochLimit(max_epochs=2, lr=0.02, restore_best=False))
+    trainer = Trainer.from_config(cfg, data, vae, progress=False, stopping=EpochLimit(max_epochs=2, lr=0.02, restore_best=False))
     rows = trainer.fit()
     assert [r["epoch"] for r in rows] == [1, 2] and [r["lr"] for r in rows] == [0.02, 0.02]
     assert trainer.optimizer.param_groups[0]["lr"] == 0.02 and trainer.finished and not trainer.restored
+
+
+def test_a_trainer_built_from_parts_hands_an_indexed_loss_its_rows(capsys):
+    """No config: a loss of the batch and its row indices, a plain Adam, a budget of 2 epochs. Every call gets
+    ``x_b = data.train[rows]``, each epoch's rows are a permutation of the training split, the rule sets the step
+    size, and a quiet Trainer prints nothing."""
+    import math
+
+    from pyro_vae.training.stopping import BudgetLimit
+
+    cfg = validate_config(TINY)
+    data, vae = prepare(cfg)
+    seen = []
+
+    def loss(xb, kl_weight, rows):
+        assert torch.equal(xb, data.train[rows]) and kl_weight == 1.0
+        seen.append(rows.clone())
+        return fused_elbo_loss(vae, xb)
+
+    trainer = Trainer(vae, loss, torch.optim.Adam(vae.parameters(), lr=0.01), data, BudgetLimit(0.02, max_epochs=2),
+                      seed=0, batch_size=32, indexed_loss=True, quiet=True)
+    rows = trainer.fit()
+    per_epoch = math.ceil(len(data.train) / 32)
+    assert trainer.step == len(seen) == 2 * per_epoch and [r["epoch"] for r in rows] == [1, 2]
+    for e in range(2):
+        assert sorted(torch.cat(seen[e * per_epoch:(e + 1) * per_epoch]).tolist()) == list(range(len(data.train)))
+    assert trainer.optimizer.param_groups[0]["lr"] == 0.02 and all(r["lr"] == 0.02 for r in rows)
+    assert capsys.readouterr().out == ""

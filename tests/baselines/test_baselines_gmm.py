@@ -18,7 +18,7 @@ from pyro_vae.errors import ConfigError
 def mixture(covariance_type="diag", n=600):
     cfg = load_config(None, ["data.name=synthetic_mixture", f"data.n={n}", "data.num_components=3",
                              f"data.covariance_type={covariance_type}", "data.separation=3.0"])
-    return load_data(cfg.data.model_dump(), cfg.seed).train.double()
+    return load_data(cfg.data, cfg.seed).train.double()
 
 
 @pytest.mark.parametrize("covariance_type", ["spherical", "diag"])
@@ -78,7 +78,7 @@ def test_bad_arguments_are_config_errors():
 def test_em_recovers_the_synthetic_mixture_truth():
     cfg = load_config(None, ["data.name=synthetic_mixture", "data.n=3000", "data.num_components=3",
                              "data.covariance_type=diag", "data.separation=4.0", "data.val_fraction=0", "data.test_fraction=0"])
-    data = load_data(cfg.data.model_dump(), cfg.seed)
+    data = load_data(cfg.data, cfg.seed)
     truth = data.truth
     with warnings.catch_warnings():  # a poor start may stall in a split-cluster saddle: keep the best of 4 (n_init)
         warnings.simplefilter("ignore", ConvergenceWarning)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from pyro_vae.cli import main
-from pyro_vae.runs.rundir import RunDir
+from pyro_vae.rundir import RunDir
 
 ROW = 17  # the train row that carries the planted extreme value
 

@@ -84,8 +84,8 @@ def test_em_result_is_a_loadable_run_whose_guide_is_the_exact_posterior(tmp_path
     fit = getattr(ppca, method)(data.train, 2, x_val=data.val)
     written = export.write_run(cfg, data, fit, tmp_path / "em")
     run = load_run(tmp_path / "em")
-    assert run.config.model.decoder["name"] == "linear" and run.config.guide["hidden"] == []
-    assert run.config.model.likelihood["learn_scale"] == ("per_feature" if method == "factor_analysis_em" else "global")
+    assert run.config.model.decoder.name == "linear" and run.config.guide.hidden == []
+    assert run.config.model.likelihood.learn_scale == ("per_feature" if method == "factor_analysis_em" else "global")
     for a, b in zip(written.vae.state_dict().values(), run.vae.state_dict().values()):
         assert torch.equal(a, b)
     vae = run.vae
@@ -100,3 +100,27 @@ def test_em_result_is_a_loadable_run_whose_guide_is_the_exact_posterior(tmp_path
     assert elbo == pytest.approx(written.summary["log_likelihood"]["test"], abs=2e-3)  # float32 round-off
     assert written.summary["converged"] and len(run.metrics) == fit.iterations + 1
     assert all(np.diff([m["train_elbo"] for m in run.metrics]) >= -1e-12)
+
+
+def test_an_em_run_is_finished_for_resume_and_its_checkpoint_fits_a_trainer(tmp_path, capsys):
+    """The export writes the checkpoint `pyro-vae train` would hold at the fit's counters, without a Trainer:
+    `pyro-vae resume` finds it finished, and it loads into the Trainer of its own config."""
+    from pyro_vae.cli import main
+    from pyro_vae.rundir import RunDir
+    from pyro_vae.training.trainer import Trainer
+
+    cfg = load_config(None, ["data.name=synthetic", "data.n=200", "data.x_dim=5", "model.latent_dim=2"])
+    data, _ = prepare(cfg)
+    fit = ppca.ppca_em(data.train, 2)
+    written = export.write_run(cfg, data, fit, tmp_path / "em")
+    before = {p: p.read_bytes() for p in (tmp_path / "em").rglob("*") if p.is_file()}
+    assert main(["resume", str(tmp_path / "em")]) == 0
+    assert "already finished; nothing to do" in capsys.readouterr().out
+    assert {p: p.read_bytes() for p in (tmp_path / "em").rglob("*") if p.is_file()} == before
+    state = RunDir(tmp_path / "em").load_checkpoint(quiet=True)
+    assert state["finished"] and state["epoch"] == state["step"] == fit.iterations
+    assert state["config_hash"] == written.config.hash()
+    trainer = Trainer.from_config(written.config, data, export.build_exact_vae(cfg, fit, data.x_dim)[1], quiet=True)
+    trainer.load_state(state)
+    assert trainer.epoch == fit.iterations and trainer.metrics == written.metrics
+    assert all(torch.equal(a, b) for a, b in zip(trainer.vae.state_dict().values(), written.vae.state_dict().values()))

@@ -72,3 +72,5 @@ def test_variational_em_runs_a_nonlinear_decoder_with_an_iwae_curve():
     assert svi.gradient_steps == 3 * 4 and all(np.isfinite(svi.history.log_likelihood))
     with pytest.raises(ConfigError, match="budget"):
         ve.variational_em(cfg, data)
+    with pytest.raises(ConfigError, match="m_steps"):  # the Trainer takes one M-step per minibatch
+        ve.variational_em(cfg, data, epochs=1, m_steps=2)

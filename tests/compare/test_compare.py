@@ -113,3 +113,20 @@ def test_a_method_refused_before_training_leaves_no_output_folder(tmp_path):
     with pytest.raises(ConfigError, match="method 'convy': .*conv"):
         compare(cfg, resolve_methods([], ["convy:model.decoder.name=conv"]), Budget(epochs=1), tmp_path / "out", verbose=False)
     assert not (tmp_path / "out").exists()
+
+
+def test_an_svi_row_trains_on_the_loop_of_pyro_vae_train(tmp_path):
+    """The same config through `compare` (analytic_kl: the default inference, so the config as given) and
+    `pyro-vae train` (stop: epochs): one engine, seed, initialisation and data order, so the same validation and
+    training ELBO after every epoch, bit for bit, and the same number of steps."""
+    cfg = validate_config({"data": {"name": "synthetic", "n": 120, "x_dim": 4}, "model": {"decoder": {"hidden": [8]}},
+                           "guide": {"hidden": [8]}, "train": {"stop": "epochs", "epochs": 3, "batch_size": 32}})
+    report = compare(cfg, resolve_methods(["analytic_kl"]), Budget(epochs=3, eval_samples=5, grad_samples=2),
+                     tmp_path / "cmp", verbose=False)
+    row = report["methods"][0]
+    from pyro_vae import train_run
+
+    run = train_run(cfg, tmp_path / "run", progress=False)
+    assert [c["val_elbo"] for c in row["curve"]] == [m["val_elbo"] for m in run.metrics]
+    assert row["train_elbo"] == run.metrics[-1]["train_elbo"] and row["iterations"] == run.summary["steps"] == 9
+    assert row["extra"]["engine"] == "fused" and row["extra"]["epochs"] == 3

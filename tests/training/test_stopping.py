@@ -10,9 +10,10 @@ import torch
 
 from pyro_vae import load_config, train_run
 from pyro_vae.errors import ConfigError
-from pyro_vae.runs.rundir import RunDir
-from pyro_vae.training.stopping import EpochLimit, Plateau, build_stopping
-from pyro_vae.training.trainer import Trainer, summarize
+from pyro_vae.rundir import RunDir
+from pyro_vae.training.stopping import BudgetLimit, EpochLimit, Plateau, build_stopping
+from pyro_vae.training.summary import summarize
+from pyro_vae.training.trainer import Trainer
 from pyro_vae.build import prepare
 
 TINY = ["data.name=synthetic", "data.n=300", "data.x_dim=6", "model.decoder.hidden=[8]", "guide.hidden=[8]",
@@ -134,7 +135,7 @@ def test_training_ends_on_the_best_epoch():
     validation draws are seeded); the step size went 0.05 -> 0.025 -> 0.02 (0.0125 clamped to the floor)."""
     cfg = load_config(None, EARLY)
     data, vae = prepare(cfg)
-    trainer = LastKept(cfg, data, vae, progress=False)
+    trainer = LastKept.from_config(cfg, data, vae, progress=False)
     trainer.fit()
     rule = trainer.stop_rule
     assert rule.reason == "plateau" and rule.best_epoch <= trainer.epoch - 2 and trainer.epoch < 200
@@ -170,3 +171,34 @@ def test_stop_epochs_without_restore_keeps_the_last_epoch(tmp_path):
     assert s["val_elbo"] == result.metrics[-1]["val_elbo"] and isinstance(s["converged"], bool)
     assert [row["lr"] for row in result.metrics] == [cfg.optim.lr] * 3
     assert math.isfinite(s["stopped"]["best_val_elbo"])
+
+
+def test_budget_stops_at_its_epochs_or_its_seconds_whichever_comes_first():
+    """The budget reads the training clock the Trainer passes: after 2.5 s of training at epoch 3 a 2 s budget
+    is spent; an epoch cap of 2 ends training first when it comes first. The ELBO never stops it."""
+    timed = BudgetLimit(1e-3, max_epochs=10, seconds=2.0)
+    for epoch, (value, clock) in enumerate([(1.0, 0.9), (0.0, 1.8), (-5.0, 2.5)], start=1):
+        assert not timed.stopped
+        timed.update(epoch, value, clock)
+    assert timed.reason == "seconds" and timed.epoch == 3 and timed.best_epoch == 1 and timed.lr == 1e-3
+    assert timed.describe() == "spent the budget of 2 s of training"
+    capped = BudgetLimit(1e-3, max_epochs=2, seconds=2.0)
+    run(capped, [1.0, 2.0, 3.0])
+    assert capped.reason == "max_epochs" and capped.epoch == 2 and not capped.restore_best
+    only_time = BudgetLimit(1e-3, seconds=0.0)  # no epoch cap; one epoch always trains
+    only_time.update(1, 0.0, 0.0)
+    assert only_time.reason == "seconds" and only_time.summary()["max_epochs"] is None
+    for bad in ({}, {"seconds": -1.0}, {"max_epochs": 0}):
+        with pytest.raises(ValueError):
+            BudgetLimit(1e-3, **bad)
+
+
+def test_a_trainer_stops_on_its_own_training_clock():
+    """With a time budget of ~0 s the Trainer trains exactly one epoch and records its seconds, which leave out
+    validation: the wall time of the epoch row is the time of its steps."""
+    cfg = load_config(None, TINY)
+    data, vae = prepare(cfg)
+    trainer = Trainer.from_config(cfg, data, vae, stopping=BudgetLimit(cfg.optim.lr, seconds=1e-9), quiet=True)
+    rows = trainer.fit()
+    assert len(rows) == 1 and trainer.stop_rule.reason == "seconds" and not trainer.restored
+    assert trainer.seconds == rows[0]["wall_time"] == rows[0]["seconds"] > 0

@@ -19,9 +19,10 @@ import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Dict, List, Optional
-import torch
-from pyro_vae.errors import FileSystemError, RunDirError, file_system_error
 
+import torch
+
+from pyro_vae.errors import FileSystemError, RunDirError, file_system_error
 
 CHECKPOINT_FORMAT = "pyro_vae.checkpoint/2"
 
@@ -29,14 +30,8 @@ CHECKPOINT_FORMAT = "pyro_vae.checkpoint/2"
 # A checkpoint is one header line ``MAGIC <sha256 of payload> <payload bytes>`` and a torch.save payload,
 # so truncation (length) and corruption (checksum) are detected before unpickling anything.
 CHECKPOINT_MAGIC = b"PYRO_VAE_CHECKPOINT"
-
-
 OWN_FILES = ("config.yaml", "metrics.jsonl", "checkpoint.pt", "checkpoint.prev.pt", "summary.json", "evaluation.json")
-
-
 OWN_PLOTS = ("learning_curves.png", "reconstructions.png", "samples.png", "latent.png")  # in plots/; a user's own figures there stay
-
-
 STAGING = ".pyro_vae-new"  # where an --overwrite run is built until its first checkpoint, inside the old run's directory
 
 
@@ -71,16 +66,21 @@ def check_writable_dir(path: Path, flag: str = "--out") -> None:
                               f"choose another {flag}")
 
 
+def _write_synced(fd: int, data: bytes) -> None:
+    """Write ``data`` to the new file ``fd`` (the mode open() would give) and make it durable before any rename."""
+    with os.fdopen(fd, "wb") as f:
+        os.fchmod(f.fileno(), FILE_MODE)
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` so that a crash leaves either the old file or the new one, never half."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), FILE_MODE)
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        _write_synced(fd, data)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -277,11 +277,7 @@ class RunDir:
         fd, tmp = tempfile.mkstemp(prefix=".checkpoint.", suffix=".tmp", dir=self.path)
         link = tmp[: -len(".tmp")] + ".prev.tmp"
         try:
-            with os.fdopen(fd, "wb") as f:
-                os.fchmod(f.fileno(), FILE_MODE)
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
+            _write_synced(fd, data)
             if self._current_is_good and self.checkpoint.exists():
                 try:
                     os.link(self.checkpoint, link)

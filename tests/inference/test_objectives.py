@@ -10,9 +10,9 @@ from pyro_vae import build_vae, validate_config
 from pyro_vae.errors import ConfigError
 from pyro_vae.evaluation.bounds import log_weights
 from pyro_vae.inference.score_function import NonReparameterized, ScoreFunctionELBO, score_function_guide
-from pyro_vae.inference.renyi import RenyiBound
+from pyro_vae.inference.renyi import RenyiBound, renyi_bound
 from pyro_vae.inference.objectives import build_elbo
-from pyro_vae.inference.kl import kl_report
+from pyro_vae.inference.kl import analytic_kl, kl_report
 
 
 def elbo_draws(elbo, vae, x, n):
@@ -38,6 +38,26 @@ def test_kl_report_normal_is_analytic_student_t_is_monte_carlo():
                                 ("normal", "monte_carlo", "monte_carlo"), ("laplace", "analytic", "analytic")]:
         vae = build_vae(validate_config({"model": {"prior": {"name": prior}}}), 5)
         assert kl_report(vae.model, vae.guide, x, kl) == {"z": expected}, (prior, kl)
+
+
+def test_analytic_kl_reductions_are_the_same_closed_form():
+    """``all`` / ``event`` / ``none``: the total, the per-point and the per-coordinate KL of one closed form; None
+    for every reduction of a pair without one (the one test every caller asks)."""
+    import pyro.distributions as dist
+    from torch.distributions import kl_divergence
+
+    q = dist.Normal(torch.randn(4, 3), torch.rand(4, 3) + 0.5).to_event(1)
+    p = dist.Normal(torch.zeros(3), torch.ones(3)).to_event(1)
+    per_dim = kl_divergence(q.base_dist, p.base_dist)  # (4, 3)
+    torch.testing.assert_close(analytic_kl(q, p, reduce="none"), per_dim)
+    torch.testing.assert_close(analytic_kl(q, p, reduce="event"), kl_divergence(q, p.expand((4,))))
+    assert analytic_kl(q, p).shape == () and torch.equal(analytic_kl(q, p), per_dim.sum())
+    full = dist.MultivariateNormal(torch.randn(4, 3), scale_tril=torch.diag_embed(torch.rand(4, 3) + 0.5))
+    assert analytic_kl(full, full, reduce="event").shape == (4,) == analytic_kl(full, full, reduce="none").shape
+    t = dist.StudentT(torch.full((3,), 3.0), torch.zeros(3), torch.ones(3)).to_event(1)
+    assert all(analytic_kl(q, t, reduce=r) is None for r in ("all", "event", "none"))
+    with pytest.raises(ValueError, match="reduce='mean'"):
+        analytic_kl(q, p, reduce="mean")
 
 
 def test_beta_scales_only_the_kl():
@@ -103,6 +123,15 @@ def test_iwae_loss_is_the_log_mean_weight_of_the_same_draws():
         log_w = log_weights(vae.model, vae.guide, x, 7)  # (K, batch)
     expected = (torch.logsumexp(log_w, 0) - math.log(7)).sum()
     assert torch.allclose(-loss.detach(), expected, rtol=1e-5)
+
+
+def test_renyi_bound_is_the_log_mean_of_powered_weights():
+    """(1 / (1 - alpha)) log (1/K) sum_k w_k^(1 - alpha), computed here without the log-sum-exp (float64, small weights)."""
+    log_w = torch.randn(6, 3, dtype=torch.float64)
+    for alpha in (0.0, 0.5, -1.0):
+        want = torch.log(torch.exp((1 - alpha) * log_w).mean(0)) / (1 - alpha)
+        torch.testing.assert_close(renyi_bound(log_w, alpha), want)
+    torch.testing.assert_close(renyi_bound(log_w, 0.0), torch.logsumexp(log_w, 0) - math.log(6))
 
 
 def test_renyi_bounds_are_ordered_in_alpha():

@@ -17,7 +17,7 @@ LINEAR = ["data.name=synthetic", "data.n=300", "data.x_dim=5", "model.latent_dim
 
 def run_method(name, overrides, epochs):
     cfg = load_config(None, overrides)
-    data = load_data(cfg.data.model_dump(), cfg.seed)
+    data = load_data(cfg.data, cfg.seed)
     return METHODS.get(name).fn(cfg, data, Budget(epochs=epochs, eval_samples=20, grad_samples=2))
 
 

@@ -11,7 +11,7 @@ from pyro_vae import validate_config
 from pyro_vae.components.decoders import DECODERS
 from pyro_vae.errors import ConfigError, DataError
 from pyro_vae.inference.engine import FusedELBO
-from pyro_vae.inference.elbo import fused_elbo_loss
+from pyro_vae.inference.elbo import declares_fast_path, fused_elbo_loss
 from pyro_vae.inference.renyi import fused_renyi_loss
 from pyro_vae.inference.objectives import unsupported_reason
 from pyro_vae.components.guides import GUIDES
@@ -26,11 +26,12 @@ BATCH = 5
 SMALL = {"hidden": [8]}
 
 
-def build(prior: str, guide: str, likelihood: str, decoder: str = "mlp", latent_dim: int = 2) -> VAE:
+def build(prior: str, guide: str, likelihood: str, decoder: str = "mlp", latent_dim: int = 2,
+          guide_options: dict | None = None) -> VAE:
     """A tiny VAE of the named components (``build_vae``'s recipe, with an image shape for conv parts)."""
     pyro.clear_param_store()
     cfg = validate_config({"model": {"latent_dim": latent_dim, "prior": prior, "likelihood": likelihood,
-                                     "decoder": {"name": decoder}}, "guide": {"name": guide}})
+                                     "decoder": {"name": decoder}}, "guide": {"name": guide, **(guide_options or {})}})
     m = cfg.model
     lik = LIKELIHOODS.build(m.likelihood, X_DIM)
     return VAE(prior=PRIORS.build(m.prior, latent_dim),
@@ -44,7 +45,7 @@ def data(likelihood: str) -> torch.Tensor:
     g = torch.Generator().manual_seed(11)
     x = torch.rand(BATCH, X_DIM, generator=g)
     try:
-        LIKELIHOODS.build({"name": likelihood}, X_DIM).check_data(x, "test data")
+        LIKELIHOODS.build(LIKELIHOODS.resolve({"name": likelihood}), X_DIM).check_data(x, "test data")
     except DataError:
         x = torch.bernoulli(x, generator=g)
     return x
@@ -81,6 +82,17 @@ def assert_matches_pyro(vae: VAE, x: torch.Tensor, inference: dict, beta: float 
 
 
 PAIRS = list(itertools.product(PRIORS.names(), GUIDES.names()))
+
+
+def declares(registry, name: str, hook: str) -> bool:
+    """Whether the registered class ``name`` declares the fast-path method ``hook``."""
+    return callable(getattr(registry.get(name).cls, hook, None))
+
+
+# the fast path's pairs, read from the registries: a new guide or prior with a hook joins every test below
+NORMAL_GUIDES = [g for g in GUIDES.names() if declares(GUIDES, g, "loc_scale")]
+KL_PRIORS = [p for p in PRIORS.names() if declares(PRIORS, p, "kl_from_normal")]
+FAST_PAIRS = [(p, g) for p, g in PAIRS if p in KL_PRIORS and g in NORMAL_GUIDES]
 
 
 @pytest.mark.parametrize("prior,guide", PAIRS)
@@ -184,7 +196,7 @@ def train(overrides: dict):
         raw.setdefault(section, {})[name] = value
     cfg = validate_config(raw)
     data, vae = prepare(cfg)
-    trainer = Trainer(cfg, data, vae, progress=False)
+    trainer = Trainer.from_config(cfg, data, vae, progress=False)
     trainer.fit()
     return trainer
 
@@ -266,7 +278,7 @@ def test_likelihood_closed_form_matches_its_distribution(name, learn_scale):
     """``Likelihood.log_prob(params, x)`` (the fused hot path, no distribution built) against
     ``likelihood(params).log_prob(x)``: values and gradients, with and without a particle dimension."""
     spec = {"name": name} if learn_scale is None else {"name": name, "learn_scale": learn_scale, "scale": 0.3}
-    lik = LIKELIHOODS.build(spec, X_DIM)
+    lik = LIKELIHOODS.build(LIKELIHOODS.resolve(spec), X_DIM)
     if learn_scale == "per_feature":  # distinct sigmas, so a feature/scale mix-up cannot cancel out
         with torch.no_grad():
             lik.log_scale.copy_(torch.linspace(-1.5, 0.5, X_DIM))
@@ -298,17 +310,17 @@ def test_analytic_kl_with_unexpanded_prior_is_the_plate_broadcast():
 
     torch.manual_seed(1)
     for prior in ("normal", "laplace", "learned_normal"):
-        p = PRIORS.build({"name": prior}, 3)()
+        p = PRIORS.build(PRIORS.resolve({"name": prior}), 3)()
         q = pyro.distributions.Normal(torch.randn(2, 4, 3), torch.rand(2, 4, 3) + 0.1).to_event(1)
         torch.testing.assert_close(analytic_kl(q, p), kl_divergence(q, p.expand(q.batch_shape)).sum())
-    assert analytic_kl(q, PRIORS.build({"name": "mixture"}, 3)()) is None
+    assert analytic_kl(q, PRIORS.build(PRIORS.resolve({"name": "mixture"}), 3)()) is None
 
 
 @pytest.mark.parametrize("name", ["normal", "laplace", "student_t"])
 def test_fixed_prior_cache_follows_buffers_and_validation(name):
     """A prior without parameters returns one cached p(z) per step, and a new one as soon as a cached one could
     be stale: a buffer changed in place (load_state_dict) or replaced (.double()), or validation switched."""
-    prior = PRIORS.build({"name": name}, 3)
+    prior = PRIORS.build(PRIORS.resolve({"name": name}), 3)
     first = prior()
     assert prior() is first
     state = {k: v + 0.5 for k, v in prior.state_dict().items()}
@@ -344,23 +356,106 @@ def test_learned_prior_is_rebuilt_after_every_optimizer_step():
     torch.testing.assert_close(after.base_dist.scale, torch.nn.functional.softplus(vae.prior.raw_scale) + 1e-4)
 
 
-@pytest.mark.parametrize("num_particles", [1, 3])
-@pytest.mark.parametrize("shared_trunk", [True, False])
-def test_closed_form_pair_is_the_generic_path_bit_for_bit(monkeypatch, num_particles, shared_trunk):
-    """The mean_field x normal closed form (no q or p built) against the generic path through the
-    distributions with the pair unregistered: identical loss, gradients and random stream."""
-    from pyro_vae.inference import elbo as fused
-
-    assert (GUIDES.get("mean_field").cls, PRIORS.get("normal").cls) in fused.CLOSED_FORMS
-    vae = build("normal", "mean_field", "normal", latent_dim=3)
-    if not shared_trunk:
-        vae.encoder = GUIDES.build({"name": "mean_field", "shared_trunk": False, "hidden": [8]}, X_DIM, 3)
+def test_fused_takes_the_hook_path_exactly_where_guide_and_prior_declare_hooks():
+    """For every registered pair: with ``kl: analytic`` and validation off, a pair in FAST_PAIRS builds
+    neither q (the guide's ``forward``) nor p (the prior's) and takes the KL from ``kl_from_normal``; every
+    other pair (a Student-t or flow guide, a mixture prior), Monte Carlo KL and validation on build both."""
+    assert ("normal", "mean_field") in FAST_PAIRS and ("normal", "conv") in FAST_PAIRS  # the selection is not empty
+    assert ("normal", "student_t") not in FAST_PAIRS and ("mixture", "mean_field") not in FAST_PAIRS
     x = data("normal")
+    for prior, guide in PAIRS:
+        vae = build(prior, guide, "normal")
+        assert declares_fast_path(vae.encoder, vae.prior) == ((prior, guide) in FAST_PAIRS), (prior, guide)
+        calls = []
+        for module, name in ((vae.encoder, "forward"), (vae.prior, "forward"), (vae.prior, "kl_from_normal")):
+            if hasattr(module, name):  # an instance attribute shadows the method for this VAE only
+                method = getattr(module, name)
+                setattr(module, name, lambda *a, _m=method, _n=(module is vae.prior, name): calls.append(_n) or _m(*a))
+        for kl, validate in (("analytic", False), ("monte_carlo", False), ("analytic", True)):
+            calls.clear()
+            with pyro.validation_enabled(validate):
+                fused_elbo_loss(vae, x, 2, kl)
+            if (prior, guide) in FAST_PAIRS and kl == "analytic" and not validate:
+                assert calls == [(True, "kl_from_normal")], (prior, guide, calls)
+            else:
+                assert (False, "forward") in calls and (True, "forward") in calls, (prior, guide, kl, validate, calls)
+                assert (True, "kl_from_normal") not in calls, (prior, guide, kl, validate)
+
+
+@pytest.mark.parametrize("guide", NORMAL_GUIDES)
+def test_guide_loc_scale_is_its_distribution(guide):
+    """A guide declaring ``loc_scale`` returns exactly ``Normal(*loc_scale(x)).to_event(1)`` from ``forward``,
+    ``loc`` and ``scale`` of shape ``(batch, latent_dim)``: the fast path draws from the q Pyro would."""
+    vae = build("normal", guide, "normal", latent_dim=3)
+    x = data("normal")
+    loc, scale = vae.encoder.loc_scale(x)
+    q = vae.encoder(x)
+    assert loc.shape == scale.shape == (BATCH, 3)
+    assert isinstance(q, torch.distributions.Independent) and q.reinterpreted_batch_ndims == 1
+    assert type(q.base_dist) is pyro.distributions.Normal
+    assert torch.equal(q.base_dist.loc, loc) and torch.equal(q.base_dist.scale, scale)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("prior", KL_PRIORS)
+def test_prior_kl_from_normal_is_torchs_closed_form(prior, dtype):
+    """``kl_from_normal(loc, scale)`` against the generic path's ``analytic_kl(q, p)`` (torch's registered
+    ``kl_divergence`` on the base distributions, summed): the same value and gradients (for loc, scale and
+    the prior's parameters) bit for bit; and against Pyro's own ``kl_divergence(q, p.expand(batch))`` to
+    rounding. Every buffer and parameter is moved off its default, so the hook must read them."""
+    from pyro.distributions.kl import kl_divergence
+
+    from pyro_vae.inference.kl import analytic_kl
+
+    torch.manual_seed(3)
+    module = PRIORS.build(PRIORS.resolve({"name": prior}), 3).to(dtype)
+    with torch.no_grad():
+        for name, buffer in module.named_buffers():
+            buffer.add_(torch.rand_like(buffer) * 0.5 if "scale" in name else torch.randn_like(buffer) * 0.5)
+        for param in module.parameters():
+            param.add_(0.3 * torch.randn_like(param))
+    loc = torch.randn(BATCH, 3, dtype=dtype, requires_grad=True)
+    scale = (torch.rand(BATCH, 3, dtype=dtype) + 0.1).requires_grad_()
+    results = []
+    for compute in (lambda: module.kl_from_normal(loc, scale),
+                    lambda: analytic_kl(pyro.distributions.Normal(loc, scale).to_event(1), module())):
+        for t in (loc, scale, *module.parameters()):
+            t.grad = None
+        with pyro.validation_enabled(False):
+            value = compute()
+        value.backward()
+        results.append((value.detach(), [t.grad.clone() for t in (loc, scale, *module.parameters())]))
+    (got, got_grads), (want, want_grads) = results
+    assert got.shape == () and got.dtype == dtype
+    assert torch.equal(got, want)
+    assert all(torch.equal(a, b) for a, b in zip(got_grads, want_grads))
+    q = pyro.distributions.Normal(loc, scale).to_event(1)
+    torch.testing.assert_close(got, kl_divergence(q, module().expand(q.batch_shape)).sum().detach())
+
+
+FAST_CASES = [(p, g, {}) for p, g in FAST_PAIRS] + [(p, g, {"shared_trunk": False}) for p, g in FAST_PAIRS
+                                                    if g == "mean_field"]
+
+
+@pytest.mark.parametrize("num_particles", [1, 3])
+@pytest.mark.parametrize("prior,guide,options", FAST_CASES,
+                         ids=[f"{p}-{g}" + "".join(f"-{k}={v}" for k, v in o.items()) for p, g, o in FAST_CASES])
+def test_hook_path_is_the_generic_path_bit_for_bit_and_matches_pyro(monkeypatch, prior, guide, options, num_particles):
+    """Each pair in FAST_PAIRS: the hook path (no q or p built) against the generic path through the
+    distributions with the prior's hook switched off: identical loss, gradients and random stream; and the
+    fused loss against Pyro's ``TraceMeanField_ELBO`` (the oracle) under beta = 0.7."""
+    vae = build(prior, guide, "normal", latent_dim=3, guide_options={"hidden": [8], **options} if options else None)
+    x = data("normal")
+    assert declares_fast_path(vae.encoder, vae.prior)
     with pyro.validation_enabled(False):
-        closed = loss_and_grads(vae, lambda: fused_elbo_loss(vae, x, num_particles, "analytic", 0.7), seed=9)
-        monkeypatch.delitem(fused.CLOSED_FORMS, (GUIDES.get("mean_field").cls, PRIORS.get("normal").cls))
+        hook = loss_and_grads(vae, lambda: fused_elbo_loss(vae, x, num_particles, "analytic", 0.7), seed=9)
+        monkeypatch.setattr(type(vae.prior), "kl_from_normal", None, raising=False)  # undeclared, for this test
+        assert not declares_fast_path(vae.encoder, vae.prior)
         generic = loss_and_grads(vae, lambda: fused_elbo_loss(vae, x, num_particles, "analytic", 0.7), seed=9)
-    assert torch.equal(closed[0], generic[0])
-    assert closed[1].keys() == generic[1].keys()
-    assert all(torch.equal(closed[1][n], generic[1][n]) for n in generic[1])
-    assert torch.equal(closed[2], generic[2])
+    assert torch.equal(hook[0], generic[0])
+    assert hook[1].keys() == generic[1].keys()
+    assert all(torch.equal(hook[1][n], generic[1][n]) for n in generic[1])
+    assert torch.equal(hook[2], generic[2])
+    monkeypatch.undo()  # the hook back: assert_matches_pyro's validation-off pass takes the hook path
+    assert declares_fast_path(vae.encoder, vae.prior)
+    assert_matches_pyro(vae, x, {"kl": "analytic", "num_particles": num_particles}, beta=0.7)
