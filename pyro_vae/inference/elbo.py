@@ -14,6 +14,7 @@ ELBOS = {ANALYTIC: TraceMeanField_ELBO, MONTE_CARLO: Trace_ELBO}
 
 
 def pyro_elbo(inference: InferenceConfig) -> ELBO:
+    """``TraceMeanField_ELBO`` (``kl: analytic``) or ``Trace_ELBO`` (``monte_carlo``), ``num_particles`` vectorized."""
     k = inference.num_particles
     return ELBOS[inference.kl](num_particles=k, vectorize_particles=k > 1, max_plate_nesting=1)
 

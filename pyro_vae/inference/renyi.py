@@ -53,6 +53,8 @@ class RenyiBound(RenyiELBO):
 
 
 def pyro_renyi(alpha: float) -> Callable[[InferenceConfig], ELBO]:
+    """A builder of :class:`RenyiBound` of order ``alpha`` (``None``: ``inference.alpha``), particles vectorized."""
+
     def build(inference: InferenceConfig) -> ELBO:
         k = inference.num_particles
         return RenyiBound(alpha=inference.alpha if alpha is None else alpha, num_particles=k,

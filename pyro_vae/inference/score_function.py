@@ -83,5 +83,6 @@ class ScoreFunctionELBO(TraceGraph_ELBO):
 
 
 def pyro_score_function(inference: InferenceConfig) -> ELBO:
+    """:class:`ScoreFunctionELBO` with ``num_particles`` vectorized draws."""
     k = inference.num_particles
     return ScoreFunctionELBO(num_particles=k, vectorize_particles=k > 1, max_plate_nesting=1)
