@@ -18,13 +18,17 @@ import pyro
 import pyro.distributions as dist
 import torch
 from pyro.distributions import constraints
-from pyro.infer import SVI, TraceEnum_ELBO, TraceGraph_ELBO, config_enumerate
-from pyro.optim import Adam
+from pyro.infer import TraceEnum_ELBO, TraceGraph_ELBO, config_enumerate
 from torch import nn
-from tqdm.auto import tqdm
+from torch.distributions import transform_to
 
 from pyro_vae.baselines.history import Fit, History, check_convergence, out_of_time
+from pyro_vae.data import Dataset
 from pyro_vae.errors import ConfigError
+from pyro_vae.inference.engine import adam
+from pyro_vae.inference.score_function import straight_through
+from pyro_vae.training.stopping import BudgetLimit
+from pyro_vae.training.trainer import Trainer
 
 CovarianceType = Literal["spherical", "diag"]
 COVARIANCE_TYPES = ("spherical", "diag")
@@ -111,18 +115,17 @@ def em(x: torch.Tensor, num_components: int, covariance_type: CovarianceType = "
                converged=converged, kind=f"gmm_{covariance_type}")
 
 
-def model(x: torch.Tensor, init: Dict[str, torch.Tensor]) -> None:
-    """The mixture as a Pyro model; pi, mu, v are point estimates (``pyro.param``) started at ``init``."""
-    weights = pyro.param("weights", lambda: init["weights"].clone(), constraint=constraints.simplex)
-    locs = pyro.param("locs", lambda: init["locs"].clone())
-    variances = pyro.param("variances", lambda: init["variances"].clone(), constraint=constraints.positive)
+def model(x: torch.Tensor, params: Dict[str, torch.Tensor]) -> None:
+    """The mixture as a Pyro model with the globals pi, mu, v given as point estimates ``params``
+    (``weights`` ``(K,)``, ``locs`` ``(K, D)``, ``variances`` ``(K,)`` or ``(K, D)``)."""
+    weights, locs, variances = params["weights"], params["locs"], params["variances"]
     scale = _variances_kd(variances, locs.shape[1]).sqrt()  # (K, D)
     with pyro.plate("data", len(x)):
         z = pyro.sample("z", dist.Categorical(weights))  # (N,), or (K, 1) when enumerated
         pyro.sample("x", dist.Normal(locs[z], scale[z]).to_event(1), obs=x)
 
 
-def _empty_guide(x: torch.Tensor, init: Dict[str, torch.Tensor]) -> None:
+def _empty_guide(x: torch.Tensor, params: Dict[str, torch.Tensor]) -> None:
     """z is summed out by enumeration in the model and the globals are point estimates: nothing to sample."""
 
 
@@ -134,7 +137,7 @@ class CategoricalEncoder(nn.Module):
         self.logits = nn.Sequential(nn.Linear(x_dim, hidden), nn.Tanh(), nn.Linear(hidden, num_components))
         self.baseline = nn.Sequential(nn.Linear(x_dim, hidden), nn.Tanh(), nn.Linear(hidden, 1), nn.Flatten(0))  # (N,)
 
-    def guide(self, x: torch.Tensor, init: Dict[str, torch.Tensor]) -> None:
+    def guide(self, x: torch.Tensor, params: Dict[str, torch.Tensor]) -> None:
         pyro.module("encoder", self)
         with pyro.plate("data", len(x)):
             # a per-point learned baseline b(x_n) reduces the REINFORCE variance; the plate lets
@@ -143,34 +146,55 @@ class CategoricalEncoder(nn.Module):
                         infer={"baseline": {"nn_baseline": self.baseline, "nn_baseline_input": x}})
 
 
-def _svi_fit(x: torch.Tensor, model_fn, guide, loss, init: Dict[str, torch.Tensor], steps: int, lr: float,
-             eval_every: int, kind: str, progress: bool, seconds: Optional[float] = None, modules=None) -> Fit:
-    """Full-batch Adam on ``loss`` for ``steps`` steps (or ``seconds``); the exact log-likelihood is recorded
-    every ``eval_every`` steps, off the clock."""
-    history = History()
-    store = pyro.get_param_store()
-    svi = SVI(model_fn, guide, Adam({"lr": lr}), loss=loss)
+CONSTRAINTS = {"weights": constraints.simplex, "locs": constraints.real, "variances": constraints.positive}
 
-    def current():
-        return {k: store[k].detach() for k in ("weights", "locs", "variances")}
 
-    elbo = float("nan")
-    for step in tqdm(range(steps + 1), disable=not progress, desc=kind, unit="step"):
-        if step and out_of_time(history, seconds):
-            if history.rows[-1]["iteration"] != step - 1:
-                with history.paused(), torch.no_grad():
-                    history.record(step - 1, log_likelihood(x, **current()), elbo=elbo)
-            break
-        if step:
-            elbo = -svi.step(x, init) / len(x)
-        else:
-            with history.paused():
-                elbo = -svi.evaluate_loss(x, init) / len(x)  # also creates the params, at init
-        if step % eval_every == 0 or step == steps:
-            with history.paused(), torch.no_grad():
-                history.record(step, log_likelihood(x, **current()), elbo=elbo)
-    return Fit(current(), history, iterations=int(history.rows[-1]["iteration"]), converged=True, kind=kind,
-               modules=modules or {})
+class Mixture(nn.Module):
+    """The globals being fitted, stored unconstrained as ``pyro.param`` stores them (``transform_to(c).inv``
+    of the value: stick-breaking for the simplex of ``weights``, log for ``variances``), so Adam steps the
+    same numbers; ``params()`` gives the constrained values. ``encoder`` (an amortized guide) is trained too.
+
+    ``model(x)`` and ``guide(x)`` are the Pyro pair for :class:`~pyro_vae.training.trainer.Trainer`'s
+    non-finite diagnosis."""
+
+    def __init__(self, init: Dict[str, torch.Tensor], encoder: Optional[CategoricalEncoder] = None):
+        super().__init__()
+        self.raw = nn.ParameterDict({k: nn.Parameter(transform_to(c).inv(init[k].clone())) for k, c in CONSTRAINTS.items()})
+        self.encoder = encoder
+
+    def params(self) -> Dict[str, torch.Tensor]:
+        return {k: transform_to(c)(self.raw[k]) for k, c in CONSTRAINTS.items()}
+
+    def model(self, x: torch.Tensor) -> None:
+        model(x, self.params())
+
+    def guide(self, x: torch.Tensor) -> None:
+        (self.encoder.guide if self.encoder is not None else _empty_guide)(x, self.params())
+
+
+def _svi_fit(x: torch.Tensor, fitted: Mixture, loss_fn, steps: int, lr: float, eval_every: int, kind: str,
+             progress: bool, seconds: Optional[float] = None, seed: int = 0) -> Fit:
+    """Full-batch Adam on ``loss_fn(x) = -ELBO`` (summed over the points) on the project's Trainer, one step an
+    epoch, for ``steps`` steps or ``seconds`` of stepping; the exact log-likelihood (the Trainer's validation
+    score, off the clock) is kept every ``eval_every`` steps and at the end, with the step-0 value at ``init``."""
+    data = Dataset(name=kind, train=x, val=x[:0], test=x[:0])
+
+    def exact() -> float:
+        with torch.no_grad():
+            return log_likelihood(x, **fitted.params())
+
+    trainer = Trainer(fitted, lambda xb, beta: loss_fn(xb), adam(fitted.parameters(), lr), data,
+                      BudgetLimit(lr, max_epochs=steps, seconds=seconds), seed=seed, batch_size=len(x),
+                      validation=exact, progress=progress, quiet=not progress)
+    # the loss is a differentiable one (Pyro's enumerated ELBO refuses to run under no_grad): read its value
+    history = History(rows=[{"iteration": 0, "log_likelihood": exact(), "seconds": 0.0,
+                             "elbo": -float(loss_fn(x).detach()) / len(x)}])
+    rows = trainer.fit()
+    history.rows += [{"iteration": r["epoch"], "log_likelihood": r["val_elbo"], "seconds": r["wall_time"],
+                      "elbo": r["train_elbo"]} for r in rows if r["epoch"] % eval_every == 0 or r is rows[-1]]
+    params = {k: v.detach() for k, v in fitted.params().items()}
+    modules = {"encoder": fitted.encoder} if fitted.encoder is not None else {}
+    return Fit(params, history, iterations=trainer.epoch, converged=True, kind=kind, modules=modules)
 
 
 def svi_enumerated(x: torch.Tensor, init: Dict[str, torch.Tensor], *, steps: int = 500, lr: float = 0.05,
@@ -179,9 +203,9 @@ def svi_enumerated(x: torch.Tensor, init: Dict[str, torch.Tensor], *, steps: int
     :math:`-\sum_n \log p(x_n)`, so this is gradient ascent on the log-likelihood of the point-estimate globals."""
     x = x.double()
     pyro.clear_param_store()
-    loss = TraceEnum_ELBO(max_plate_nesting=1)
-    return _svi_fit(x, config_enumerate(model, "parallel"), _empty_guide, loss, init, steps, lr, eval_every,
-                    "gmm_enumerated_svi", progress, seconds)
+    fitted, loss, enumerated = Mixture(init), TraceEnum_ELBO(max_plate_nesting=1), config_enumerate(model, "parallel")
+    return _svi_fit(x, fitted, lambda xb: loss.differentiable_loss(enumerated, _empty_guide, xb, fitted.params()),
+                    steps, lr, eval_every, "gmm_enumerated_svi", progress, seconds)
 
 
 def svi_amortized(x: torch.Tensor, init: Dict[str, torch.Tensor], *, steps: int = 500, lr: float = 0.05,
@@ -196,7 +220,12 @@ def svi_amortized(x: torch.Tensor, init: Dict[str, torch.Tensor], *, steps: int 
     x = x.double()
     pyro.clear_param_store()
     torch.manual_seed(seed)
-    encoder = CategoricalEncoder(x.shape[1], len(init["weights"]), hidden).double()
+    fitted = Mixture(init, CategoricalEncoder(x.shape[1], len(init["weights"]), hidden).double())
     loss = TraceGraph_ELBO(num_particles=num_particles, vectorize_particles=num_particles > 1, max_plate_nesting=1)
-    return _svi_fit(x, model, encoder.guide, loss, init, steps, lr, eval_every, "gmm_amortized_svi", progress,
-                    seconds, modules={"encoder": encoder})
+
+    def loss_fn(xb: torch.Tensor) -> torch.Tensor:
+        # -ELBO as the value, the score-function surrogate (with the baseline's loss) as the gradient
+        elbo, surrogate = loss._loss_and_surrogate_loss(model, fitted.encoder.guide, (xb, fitted.params()), {})
+        return straight_through(-elbo, surrogate)
+
+    return _svi_fit(x, fitted, loss_fn, steps, lr, eval_every, "gmm_amortized_svi", progress, seconds, seed)

@@ -175,8 +175,8 @@ def gmm_amortized_svi(cfg: Config, data: Dataset, budget: Budget) -> MethodResul
     fit = gmm.svi_amortized(x, init, steps=_max_iter(budget), lr=GMM_LR, seconds=budget.seconds, seed=cfg.seed)
     encoder = fit.modules["encoder"]
     test = _test(data).double()
-    with torch.no_grad():  # the parameters are in the param store: init is ignored
+    with torch.no_grad():
         test_elbo = -TraceGraph_ELBO(num_particles=10, vectorize_particles=True, max_plate_nesting=1).loss(
-            gmm.model, encoder.guide, test, init) / len(test)
+            gmm.model, encoder.guide, test, fit.params) / len(test)
     last = fit.history.rows[-1].get("elbo", math.nan)
     return _gmm_result("gmm_amortized_svi", fit, data, last, test_elbo=test_elbo)

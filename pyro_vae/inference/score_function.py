@@ -13,7 +13,7 @@ from pyro.poutine.util import site_is_subsample
 from pyro_vae.config import InferenceConfig
 
 
-def _straight_through(value: torch.Tensor, surrogate: torch.Tensor) -> torch.Tensor:
+def straight_through(value: torch.Tensor, surrogate: torch.Tensor) -> torch.Tensor:
     """A tensor equal to ``value`` whose gradient is the gradient of ``surrogate``.
 
     Pyro's surrogate losses have the right gradient but not the right value; the trainer logs
@@ -79,7 +79,7 @@ class ScoreFunctionELBO(TraceGraph_ELBO):
     def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
         # TraceGraph's helper returns (ELBO, surrogate loss), each averaged over particles
         elbo, surrogate = self._loss_and_surrogate_loss(model, score_function_guide(guide), args, kwargs)
-        return _straight_through(-elbo, surrogate)
+        return straight_through(-elbo, surrogate)
 
 
 def pyro_score_function(inference: InferenceConfig) -> ELBO:
