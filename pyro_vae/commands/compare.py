@@ -1,7 +1,9 @@
 """Compare inference methods: train each on the same split, seed, architecture and budget, then tabulate and plot.
 
 Built-in methods (--methods, comma-separated): analytic_kl, monte_carlo_kl, iwae_k5, iwae_k50,
-score_function, and any method another module registered in pyro_vae.methods.METHODS.
+score_function, the baselines of pyro_vae.compare.baselines (em, variational_em, svi, gmm_em, ...),
+and any method registered in pyro_vae.compare.methods.METHODS. Every SVI method trains on the loop and engine
+of pyro-vae train (the fused loss where it covers the method, on train.device), with the budget as its stopping rule.
 Define your own from config overrides with --method-set NAME:KEY=VALUE[,KEY=VALUE...]
 (repeatable; e.g. --method-set renyi_half:inference.objective=renyi,inference.alpha=0.5,inference.num_particles=5);
 a defined set runs even if --methods does not name it.
@@ -22,7 +24,7 @@ from pyro_vae.compare.methods import METHODS, Budget
 from pyro_vae.compare.svi import BUILTIN_SETS
 from pyro_vae.config import load
 
-# compare's methods train on their own fixed-budget loop (not train.stop's rule): train.epochs is a cap of 1000
+# compare's methods train to a fixed budget (not train.stop's rule): train.epochs is a cap of 1000
 # for that rule, far too long as a fixed budget for every method
 DEFAULT_EPOCHS = 100
 
