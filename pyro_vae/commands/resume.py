@@ -44,6 +44,6 @@ def run(args) -> int:
 
 
 def run_rank(args) -> int:
-    """One rank of ``--nproc N`` (spawned by :func:`pyro_vae.distributed.launch`)."""
+    """One rank of ``--nproc N`` (spawned by :func:`pyro_vae.training.distributed.launch`)."""
     args.nproc = 1
     return run(args)

@@ -60,7 +60,7 @@ def _same_file(a, b) -> bool:
 
 
 def run_rank(args) -> int:
-    """One rank of ``--nproc N`` (spawned by :func:`pyro_vae.distributed.launch`)."""
+    """One rank of ``--nproc N`` (spawned by :func:`pyro_vae.training.distributed.launch`)."""
     args.nproc = 1
     return run(args)
 

@@ -99,7 +99,7 @@ def _per_particle(total: torch.Tensor, num_particles: int) -> torch.Tensor:
 
 def log_likelihood_of(vae: VAE, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """``log p(x | z)`` ``params.shape[:-1]`` from the decoder output ``params``: the likelihood's closed form
-    (:meth:`~pyro_vae.likelihoods.Likelihood.log_prob`), or its distribution when validation is on, which
+    (:meth:`~pyro_vae.components.likelihoods.Likelihood.log_prob`), or its distribution when validation is on, which
     checks parameters and support (a NaN then raises where the Trainer can name the site)."""
     if is_validation_enabled():
         return vae.likelihood(params).log_prob(x)

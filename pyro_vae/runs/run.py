@@ -39,7 +39,7 @@ def train_run(cfg: Config, out: Optional[str | Path] = None, overwrite: bool = F
               progress: Optional[bool] = None) -> Run:
     """Validate everything, create the run directory, train, then write summary and plots.
 
-    Under ``torch.distributed`` (see :func:`pyro_vae.distributed.init`) every rank calls this; only rank 0
+    Under ``torch.distributed`` (see :func:`pyro_vae.training.distributed.init`) every rank calls this; only rank 0
     creates and writes the run directory, and only rank 0's :class:`Run` carries a summary.
     """
     ctx = distributed.init(cfg.train.device)
@@ -94,7 +94,7 @@ def finish(trainer: Trainer, run: Optional[RunDir], path: Path) -> Run:
     """Summary and plots (rank 0; other ranks get a Run without summary). The VAE comes back on the CPU.
 
     Under ``torch.distributed`` the other ranks wait for rank 0's files (and share its errors), then every
-    rank leaves the process group together (:func:`pyro_vae.distributed.shutdown`).
+    rank leaves the process group together (:func:`pyro_vae.training.distributed.shutdown`).
     """
     trainer.close()
 
