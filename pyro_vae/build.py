@@ -12,7 +12,7 @@ from pyro_vae.components.guides import GUIDES
 from pyro_vae.components.likelihoods import LIKELIHOODS
 from pyro_vae.components.priors import PRIORS
 from pyro_vae.config import Config
-from pyro_vae.data import load_data
+from pyro_vae.data import Dataset, load_data
 from pyro_vae.errors import ConfigError
 from pyro_vae.model import VAE
 
@@ -45,13 +45,19 @@ def seed_everything(seed: int) -> None:
     pyro.set_rng_seed(seed)
 
 
+def build_seeded(cfg: Config, data: Dataset, device: Optional[torch.device] = None) -> VAE:
+    """The VAE of ``cfg`` for ``data``'s shape, its initial parameters drawn from ``cfg.seed`` (as every run of
+    this config draws them), on ``device`` (default: ``train.device``)."""
+    seed_everything(cfg.seed)
+    vae = build_vae(cfg, data.x_dim, data.image_shape)
+    return vae.to(device if device is not None else resolve_device(cfg.train.device))
+
+
 def prepare(cfg: Config, device: Optional[torch.device] = None):
     """Load and check the data, then build the VAE on ``device`` (default: ``train.device``): every user error
     surfaces here, before any file is written. The data stay on the CPU; batches move to the device."""
     data = load_data(cfg.data, cfg.seed)
-    seed_everything(cfg.seed)
-    vae = build_vae(cfg, data.x_dim, data.image_shape)
-    vae.to(device if device is not None else resolve_device(cfg.train.device))
+    vae = build_seeded(cfg, data, device)
     if cfg.data.binarize == "none":  # binarized splits are in {0, 1}; dynamic binarization keeps train grey on purpose
         path = cfg.data.source
         for split, x in data.splits().items():

@@ -140,6 +140,16 @@ def _theta(vae: VAE) -> List[nn.Parameter]:
     return [p for name, p in vae.named_parameters() if not name.startswith("encoder.")]
 
 
+def batch_loss(vae: VAE, elbo):
+    """``loss(guide, x_b, rows)``: minus the ELBO of ``vae``'s model with a per-point ``guide(x_b, rows)``, the
+    mean over the batch (the E-step's objective; ``rows`` index the points' own q_n)."""
+
+    def loss(guide, xb: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        return elbo.differentiable_loss(lambda xb_, rows_: vae.model(xb_), guide, xb, rows) / len(rows)
+
+    return loss
+
+
 def em_step_loss(vae: VAE, elbo, local: LocalGuide, e_steps: int, local_lr: float):
     r"""Variational EM's minibatch step as a Trainer loss ``loss(x_b, beta, rows)`` (``indexed_loss``).
 
@@ -151,15 +161,11 @@ def em_step_loss(vae: VAE, elbo, local: LocalGuide, e_steps: int, local_lr: floa
     takes the M-step. beta is not applied (the per-point guide has no KL scaling): this is the ELBO.
     """
 
-    def model(xb, idx):
-        return vae.model(xb)
-
-    def loss_of(guide, xb, idx):  # the E-step's objective: the batch's mean negative ELBO
-        return elbo.differentiable_loss(model, guide, xb, idx) / len(idx)
+    loss_of = batch_loss(vae, elbo)
 
     def loss(xb: torch.Tensor, kl_weight: float, rows: torch.Tensor) -> torch.Tensor:
         local.e_step(loss_of, xb, rows, e_steps, local_lr)
-        return elbo.differentiable_loss(model, local.guide_for(rows), xb, rows)
+        return loss_of(local.guide_for(rows), xb, rows) * len(rows)  # summed over the batch, as the Trainer takes it
 
     return loss
 
@@ -229,9 +235,5 @@ def amortized_svi(cfg: Config, data: Dataset, **kwargs) -> VariationalFit:
 def infer_locals(vae: VAE, elbo, x: torch.Tensor, steps: int = 200, lr: float = 0.05) -> LocalGuide:
     """An E-step for new points: fit q_n for the rows of ``x`` with theta fixed (non-amortized inference on test data)."""
     local = LocalGuide(len(x), vae.latent_dim)
-
-    def loss_of(guide, xb, idx):
-        return elbo.differentiable_loss(lambda xb, i: vae.model(xb), guide, xb, idx) / len(idx)
-
-    local.e_step(loss_of, x, torch.arange(len(x)), steps, lr)
+    local.e_step(batch_loss(vae, elbo), x, torch.arange(len(x)), steps, lr)
     return local

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Optional
 
-from pyro_vae.build import build_vae, resolve_device, seed_everything
+from pyro_vae.build import build_seeded
 from pyro_vae.compare.methods import METHODS, Budget, Method, MethodResult, configure
 from pyro_vae.config import Config
 from pyro_vae.data import Dataset
@@ -52,8 +52,7 @@ def train_svi(cfg: Config, data: Dataset, budget: Budget, name: str = "", extra:
     Evaluation runs on the CPU: the test bounds with ``budget.eval_samples`` importance samples, and the
     gradient variance of the method's own objective over ``budget.grad_samples`` repeats on one batch.
     """
-    seed_everything(cfg.seed)  # as prepare() seeds it for `pyro-vae train`: the same initial parameters
-    vae = build_vae(cfg, data.x_dim, data.image_shape).to(resolve_device(cfg.train.device))
+    vae = build_seeded(cfg, data)  # as prepare() builds it for `pyro-vae train`: the same initial parameters
     trainer = Trainer.from_config(cfg, data, vae, stopping=budget.rule(cfg.optim.lr), progress=progress, quiet=not progress)
     rows = trainer.fit()
     trainer.close()
