@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import pyro
 import torch
@@ -17,7 +17,7 @@ from pyro_vae.errors import ConfigError
 from pyro_vae.model import VAE
 
 
-def build_vae(cfg: Config, x_dim: int, image_shape: Optional[Sequence[int]] = None) -> VAE:
+def build_vae(cfg: Config, x_dim: int, image_shape: Sequence[int] | None = None) -> VAE:
     """A fresh VAE for data of dimension ``x_dim`` from the validated ``cfg``'s component specs.
 
     ``image_shape`` (the dataset's ``(H, W)`` or ``(C, H, W)``, ``None`` for non-image data) is
@@ -45,15 +45,22 @@ def seed_everything(seed: int) -> None:
     pyro.set_rng_seed(seed)
 
 
-def build_seeded(cfg: Config, data: Dataset, device: Optional[torch.device] = None) -> VAE:
+def build_seeded(cfg: Config, data: Dataset, device: torch.device | None = None) -> VAE:
     """The VAE of ``cfg`` for ``data``'s shape, its initial parameters drawn from ``cfg.seed`` (as every run of
-    this config draws them), on ``device`` (default: ``train.device``)."""
+    this config draws them), on ``device`` (default: ``train.device``).
+
+    A learned likelihood scale then starts from ``data.train`` (``likelihood.init_scale``: the data's residual
+    scale, unless ``scale_init: config``); that draws no random numbers, so every other parameter and the
+    random stream after the build are as :func:`build_vae` leaves them. ``resume`` loads its checkpoint over
+    this start, so it continues from the trained scale.
+    """
     seed_everything(cfg.seed)
     vae = build_vae(cfg, data.x_dim, data.image_shape)
+    vae.likelihood.init_scale(data.train)
     return vae.to(device if device is not None else resolve_device(cfg.train.device))
 
 
-def prepare(cfg: Config, device: Optional[torch.device] = None):
+def prepare(cfg: Config, device: torch.device | None = None):
     """Load and check the data, then build the VAE on ``device`` (default: ``train.device``): every user error
     surfaces here, before any file is written. The data stay on the CPU; batches move to the device."""
     data = load_data(cfg.data, cfg.seed)

@@ -44,6 +44,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if unknown:  # said by the subcommand's parser, so the hint points to its own --help
         sub = next(a for a in p._actions if isinstance(a, argparse._SubParsersAction))
         sub.choices[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
+    args._argv = list(sys.argv[1:] if argv is None else argv)  # what a report says reproduces it
     try:
         return args._run(args)
     except (UserError, OSError) as err:

@@ -18,7 +18,7 @@ from pyro_vae.registry import ComponentSpec
 def test_empty_config_is_the_default_and_round_trips(tmp_path):
     cfg = validate({})
     assert cfg.model.prior.model_dump() == {"name": "normal"}
-    assert cfg.model.likelihood.model_dump() == {"name": "normal", "scale": 0.1, "learn_scale": "none"}
+    assert cfg.model.likelihood.model_dump() == {"name": "normal", "scale": 0.1, "learn_scale": "none", "scale_init": "data"}
     assert cfg.guide.name == "mean_field" and cfg.data.name == "digits"
     path = tmp_path / "c.yaml"
     path.write_text(dump(cfg))
@@ -61,7 +61,7 @@ def test_serialization_is_each_spec_flattened_and_round_trips_exactly():
     raw = cfg.to_dict()
     shown = {"data": raw["data"], "model": {"latent_dim": raw["model"]["latent_dim"], "prior": raw["model"]["prior"]}}
     assert yaml.safe_dump(shown, sort_keys=False) == text
-    assert list(raw["model"]["likelihood"]) == ["name", "scale", "learn_scale"]
+    assert list(raw["model"]["likelihood"]) == ["name", "scale", "learn_scale", "scale_init"]
     again = validate(yaml.safe_load(dump(cfg)))
     assert again == cfg and again.hash() == cfg.hash() and dump(again) == dump(cfg)
 

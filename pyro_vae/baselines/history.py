@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import Any
 
 import torch
 
@@ -22,7 +22,7 @@ class History:
     record (never needed by the algorithm) is excluded with :meth:`paused`.
     """
 
-    rows: List[Dict[str, float]] = field(default_factory=list)
+    rows: list[dict[str, float]] = field(default_factory=list)
     _start: float = field(default_factory=time.perf_counter)
     _excluded: float = 0.0
 
@@ -47,7 +47,7 @@ class History:
         return _Pause()
 
     @property
-    def log_likelihood(self) -> List[float]:
+    def log_likelihood(self) -> list[float]:
         return [r["log_likelihood"] for r in self.rows]
 
     @property
@@ -57,19 +57,30 @@ class History:
 
 @dataclass
 class Fit:
-    """A fitted model: ``params`` (float64 tensors), its ``history``, and whether it met its tolerance."""
+    """A fitted model: ``params`` (float64 tensors), its ``history``, and whether it met its tolerance.
 
-    params: Dict[str, torch.Tensor]
+    A fit kept as the best of several restarts (e.g. :func:`~pyro_vae.baselines.gmm.em_restarts`) has one
+    record per restart in ``restarts``, ``{"seed", "log_likelihood", "iterations", "converged", "seconds"}``;
+    ``history`` is then the kept restart's own, and :attr:`total_seconds` the time of all of them.
+    """
+
+    params: dict[str, torch.Tensor]
     history: History
     iterations: int
     converged: bool
     kind: str
-    modules: Dict[str, torch.nn.Module] = field(default_factory=dict)  # e.g. an amortized guide's encoder
+    modules: dict[str, torch.nn.Module] = field(default_factory=dict)  # e.g. an amortized guide's encoder
+    restarts: list[dict[str, Any]] = field(default_factory=list)  # one record per restart, when restarted
 
     @property
     def log_likelihood(self) -> float:
         """Final training log-likelihood, nats per data point."""
         return self.history.log_likelihood[-1]
+
+    @property
+    def total_seconds(self) -> float:
+        """Wall time of the whole fit: the sum of the restarts' ``seconds``, else the history's own."""
+        return sum(r["seconds"] for r in self.restarts) if self.restarts else self.history.seconds
 
 
 def check_convergence(history: History, tol: float, max_iter: int, what: str) -> bool:
@@ -83,6 +94,6 @@ def check_convergence(history: History, tol: float, max_iter: int, what: str) ->
     return converged
 
 
-def out_of_time(history: History, seconds: Optional[float]) -> bool:
+def out_of_time(history: History, seconds: float | None) -> bool:
     """True once the algorithm has spent its wall-time budget (``None``: no budget)."""
     return seconds is not None and history.elapsed() >= seconds

@@ -38,7 +38,7 @@ from pyro_vae.evaluation.linear_gaussian import exact_log_likelihood, is_linear_
 from pyro_vae.inference.engine import adam
 from pyro_vae.inference.objectives import build_elbo
 from pyro_vae.model import VAE
-from pyro_vae.training.stopping import BudgetLimit
+from pyro_vae.training.stopping import BudgetLimit, EpochLimit
 from pyro_vae.training.trainer import Trainer
 
 IWAE_SAMPLES = 64  # importance samples behind the curve's log-likelihood when no closed form exists
@@ -115,6 +115,7 @@ class VariationalFit:
     gradient_steps: int
     kind: str
     exact: bool
+    rule: Optional[EpochLimit] = None  # the stopping rule, after training: why it stopped, whether it converged
     extra: Dict[str, float] = field(default_factory=dict)
 
     @property
@@ -171,12 +172,14 @@ def em_step_loss(vae: VAE, elbo, local: LocalGuide, e_steps: int, local_lr: floa
 
 
 def fit(cfg: Config, data: Dataset, *, amortized: bool, epochs: Optional[int] = None, seconds: Optional[float] = None,
-        e_steps: int = 5, m_steps: int = 1, local_lr: Optional[float] = None, progress: bool = False) -> VariationalFit:
+        e_steps: int = 5, m_steps: int = 1, local_lr: Optional[float] = None, progress: bool = False,
+        stopping: Optional[EpochLimit] = None) -> VariationalFit:
     """Train ``cfg``'s VAE on ``data.train`` by variational EM (``amortized=False``) or joint amortized SVI.
 
     Both run on the project's :class:`~pyro_vae.training.trainer.Trainer` (the same seeded minibatches in the
     same order, the non-finite guard), with the budget as its stopping rule: ``epochs`` epochs or ``seconds``
-    of training time, checked at epoch ends, at the fixed step size ``optim.lr``. Amortized SVI is the
+    of training time, checked at epoch ends, at the fixed step size ``optim.lr``, unless a rule ``stopping`` is
+    given (then it decides, and ``VariationalFit.rule`` holds its verdict). Amortized SVI is the
     Trainer of ``pyro-vae train`` (:meth:`Trainer.from_config`: its engine, fused Adam and beta schedule);
     variational EM hands it :func:`em_step_loss` and an Adam on theta alone. The curve's log-likelihood is
     the Trainer's per-epoch validation score, so its evaluation is off the training clock.
@@ -186,7 +189,8 @@ def fit(cfg: Config, data: Dataset, *, amortized: bool, epochs: Optional[int] = 
     q_n jittering by about ``local_lr``, and theta fits the jitter. ``m_steps`` must be 1: the Trainer takes
     one optimizer step per minibatch, the M-step.
     """
-    _check_budget(epochs, seconds)
+    if stopping is None:
+        _check_budget(epochs, seconds)
     if m_steps != 1:
         raise ConfigError(f"m_steps: {m_steps}, but variational EM takes one M-step per minibatch (the Trainer's "
                           f"step); use m_steps=1")
@@ -197,7 +201,7 @@ def fit(cfg: Config, data: Dataset, *, amortized: bool, epochs: Optional[int] = 
     x = data.train
     exact = is_linear_gaussian(cfg.model)
     local = LocalGuide(len(x), cfg.model.latent_dim) if not amortized else None
-    rule = BudgetLimit(cfg.optim.lr, max_epochs=epochs, seconds=seconds)
+    rule = stopping if stopping is not None else BudgetLimit(cfg.optim.lr, max_epochs=epochs, seconds=seconds)
     options = dict(validation=lambda: _curve_log_likelihood(vae, x, local, exact), progress=progress,
                    quiet=not progress)
     if amortized:  # phi and theta together, one step per minibatch
@@ -218,7 +222,7 @@ def fit(cfg: Config, data: Dataset, *, amortized: bool, epochs: Optional[int] = 
     trainer.close()
     vae.eval()
     kind = "svi" if amortized else "variational_em"
-    return VariationalFit(vae, local, history, trainer.epoch, trainer.step * per_step, kind, exact)
+    return VariationalFit(vae, local, history, trainer.epoch, trainer.step * per_step, kind, exact, rule)
 
 
 def variational_em(cfg: Config, data: Dataset, **kwargs) -> VariationalFit:

@@ -2,7 +2,10 @@
 
 Budgets: one EM iteration, one variational-EM epoch, one SVI epoch and one full-batch GMM SVI
 step each count as one pass over the training data (``Budget.epochs``); ``Budget.seconds`` stops
-any of them at the next check. A Gaussian mixture is read from the config as
+any of them at the next check. Under ``Budget.stop = "converged"`` exact EM runs until its
+log-likelihood changes by less than its tolerance (GMM EM: the best of :data:`GMM_RESTARTS`
+k-means++ starts), and variational EM and the GMM SVI fits until their plateau rule stops them.
+A Gaussian mixture is read from the config as
 ``model.latent_dim`` components, spherical unless ``model.likelihood.learn_scale: per_feature``
 (diagonal), mirroring the pPCA / factor-analysis reading of ``learn_scale``.
 """
@@ -27,14 +30,27 @@ from pyro_vae.errors import ConfigError
 from pyro_vae.evaluation.iwae import proposal_iwae
 from pyro_vae.evaluation.linear_gaussian import exact_log_likelihood, is_linear_gaussian
 from pyro_vae.inference.objectives import build_elbo
+from pyro_vae.training.stopping import BudgetLimit, Plateau
 
-MAX_EM_ITERATIONS = 10_000  # when the budget sets only seconds
 GMM_LR = 0.1
+GMM_RESTARTS = 10  # k-means++ starts of GMM EM, the best kept (scikit-learn's KMeans n_init)
+# full-batch GMM SVI takes one step an epoch: its plateau is counted in steps, its improvement far finer
+GMM_PATIENCE, GMM_MIN_DELTA, GMM_MIN_LR = 100, 1e-4, 1e-3
 INFER_STEPS = 300  # E-step on held-out points for variational EM's test numbers
 
 
-def _max_iter(budget: Budget) -> int:
-    return budget.epochs if budget.epochs is not None else MAX_EM_ITERATIONS
+def _em_stop(fit: Fit, budget: Budget, max_iter: int) -> Dict[str, Any]:
+    """The MethodResult fields that say why an EM-type fit stopped: converged at its tolerance, or a cap."""
+    if fit.converged:
+        return {"converged": True, "stop_reason": "tol", "stop_detail": "log-likelihood change below the tolerance"}
+    if fit.iterations >= max_iter:
+        return {"converged": False, "stop_reason": "max_epochs",
+                "stop_detail": f"reached the cap of {max_iter} iterations"}
+    return {"converged": False, "stop_reason": "seconds", "stop_detail": f"reached the cap of {budget.seconds:g} s"}
+
+
+def _rule_stop(rule) -> Dict[str, Any]:
+    return {"converged": rule.converged and not rule.capped, "stop_reason": rule.reason, "stop_detail": rule.describe()}
 
 
 def _linear_gaussian_kind(cfg: Config) -> str:
@@ -52,9 +68,11 @@ def _linear_gaussian_kind(cfg: Config) -> str:
     return "factor_analysis" if learn == "per_feature" else "ppca"
 
 
-def _curve(fit: Fit, val_key: str = "val_log_likelihood") -> List[Dict[str, Any]]:
-    return [{"epoch": int(r["iteration"]), "wall_time": r["seconds"], "val_elbo": r.get(val_key, r["log_likelihood"]),
-             "train_log_likelihood": r["log_likelihood"]} for r in fit.history.rows]
+def _curve(fit: Fit) -> List[Dict[str, Any]]:
+    """EM's curve: the exact log p(x) of the yardstick's points (its ELBO too: the E-step is exact)."""
+    return [{"epoch": int(r["iteration"]), "wall_time": r["seconds"], "val_log_px": r["val_log_likelihood"],
+             "val_elbo": r["val_log_likelihood"], "train_log_likelihood": r["log_likelihood"]}
+            for r in fit.history.rows]
 
 
 def _test(data: Dataset) -> torch.Tensor:
@@ -66,26 +84,30 @@ def em(cfg: Config, data: Dataset, budget: Budget) -> MethodResult:
     """Exact EM: pPCA (learn_scale global) or factor analysis (per_feature); refuses models without an exact E-step."""
     kind = _linear_gaussian_kind(cfg)
     K = cfg.model.latent_dim
-    val = data.val if len(data.val) else data.train
+    points = budget.yardstick(data).points  # the exact log p(x) is every linear-Gaussian method's yardstick
     algorithm = ppca.ppca_em if kind == "ppca" else ppca.factor_analysis_em
-    with warnings.catch_warnings():  # stopping at the budget is the comparison's rule, reported as converged=False
+    max_iter = budget.max_iterations()
+    with warnings.catch_warnings():  # stopping at a cap is the comparison's verdict, reported as converged=False
         warnings.simplefilter("ignore", ConvergenceWarning)
-        fit = algorithm(data.train, K, max_iter=_max_iter(budget), seed=cfg.seed, x_val=val, seconds=budget.seconds)
+        fit = algorithm(data.train, K, max_iter=max_iter, seed=cfg.seed, x_val=points, seconds=budget.seconds)
     p = fit.params
     test = ppca.log_likelihood(_test(data), p["W"], p["b"], p["noise_var"])
     curve = _curve(fit)
-    curve[-1]["log_likelihood"] = test
-    extra: Dict[str, Any] = {"algorithm": f"{kind}_em", "converged": fit.converged,
-                             "guide": "exact posterior: ELBO = log-likelihood"}
+    extra: Dict[str, Any] = {"algorithm": f"{kind}_em", "guide": "exact posterior: ELBO = log-likelihood"}
     if kind == "ppca":
         best = ppca.ppca_closed_form(data.train, K)
         extra["closed_form_train_log_likelihood"] = best.log_likelihood
         extra["gap_to_closed_form"] = best.log_likelihood - fit.log_likelihood
+        q = best.params
+        extra["closed_form_test_log_likelihood"] = ppca.log_likelihood(_test(data), q["W"], q["b"], q["noise_var"])
+        extra["reference_val_log_px"] = ppca.log_likelihood(points, q["W"], q["b"], q["noise_var"])
     seconds = fit.history.seconds
     return MethodResult(name="em", train_elbo=fit.log_likelihood, val_elbo=curve[-1]["val_elbo"],
                         test_log_likelihood=test, exact_log_likelihood=test, test_elbo=test, seconds=seconds,
                         examples_per_second=fit.iterations * len(data.train) / max(seconds, 1e-9),
-                        iterations=fit.iterations, curve=curve, extra=extra)
+                        iterations=fit.iterations, curve=curve, extra=extra, seed=cfg.seed,
+                        val_log_px=curve[-1]["val_log_px"], estimator="exact", epochs=fit.iterations,
+                        **_em_stop(fit, budget, max_iter))
 
 
 @torch.no_grad()
@@ -97,10 +119,13 @@ def _elbo(vae, guide_fn, x: torch.Tensor, elbo) -> float:
 @METHODS.register("variational_em")
 def variational_em(cfg: Config, data: Dataset, budget: Budget) -> MethodResult:
     """Variational EM: per-point q_n (no encoder), E-steps on q_n then M-steps on theta, minibatch by minibatch."""
-    fit = ve.variational_em(cfg, data, epochs=budget.epochs, seconds=budget.seconds)
+    rule = budget.rule(cfg.train, cfg.optim.lr)
+    rule.score = "training-point log p(x)"  # its validation score: it has q_n for the training points alone
+    fit = ve.variational_em(cfg, data, stopping=rule)
     vae, elbo = fit.vae, build_elbo(cfg.inference)
     val = data.val if len(data.val) else data.train
     test = _test(data)
+    yardstick = budget.yardstick(data)
     # held-out points have no q_n yet: fit them by an E-step with theta fixed (the cost of not amortizing)
     q_val = ve.infer_locals(vae, elbo, val, steps=INFER_STEPS)
     q_test = ve.infer_locals(vae, elbo, test, steps=INFER_STEPS)
@@ -108,18 +133,25 @@ def variational_em(cfg: Config, data: Dataset, budget: Budget) -> MethodResult:
     test_elbo = _elbo(vae, q_test.guide_for(idx), test, elbo)
     iwae = float(torch.cat([proposal_iwae(vae, q_test.q(i), test[i], budget.eval_samples) for i in idx.split(256)]).mean())
     exact = exact_log_likelihood(vae, test) if fit.exact else None
-    curve = [{"epoch": int(r["iteration"]), "wall_time": r["seconds"], "val_elbo": r["elbo"],
+    if fit.exact:
+        val_log_px = exact_log_likelihood(vae, yardstick.points)
+    else:
+        q_points = ve.infer_locals(vae, elbo, yardstick.points, steps=INFER_STEPS)
+        val_log_px = float(proposal_iwae(vae, q_points.q(torch.arange(len(yardstick.points))), yardstick.points,
+                                         budget.yardstick_samples).mean())
+    # per epoch it is scored on its training points (with their q_n), not on the yardstick's held-out points
+    curve = [{"epoch": int(r["iteration"]), "wall_time": r["seconds"], "val_log_px": None, "val_elbo": r["elbo"],
               "train_log_likelihood": r["log_likelihood"]} for r in fit.history.rows[1:]]
-    if curve:
-        curve[-1]["log_likelihood"] = exact if exact is not None else iwae
     seconds = fit.history.seconds
     return MethodResult(
         name="variational_em", train_elbo=fit.history.rows[-1]["elbo"],
         val_elbo=_elbo(vae, q_val.guide_for(torch.arange(len(val))), val, elbo),
         test_log_likelihood=exact if exact is not None else iwae, exact_log_likelihood=exact, test_elbo=test_elbo,
         seconds=seconds, examples_per_second=fit.epochs * len(data.train) / max(seconds, 1e-9),
-        iterations=fit.gradient_steps, curve=curve,
-        extra={"epochs": fit.epochs, "test_iwae": iwae, "held_out_e_steps": INFER_STEPS,
+        iterations=fit.gradient_steps, curve=curve, seed=cfg.seed, val_log_px=val_log_px,
+        estimator="exact" if exact is not None else f"IWAE-{budget.eval_samples} (after a {INFER_STEPS}-step E-step)",
+        epochs=fit.epochs, **_rule_stop(fit.rule),
+        extra={"test_iwae": iwae, "held_out_e_steps": INFER_STEPS, "lr": cfg.optim.lr, "final_lr": fit.rule.lr,
                "curve_val_elbo": "training ELBO per epoch (held-out points need an E-step)"})
 
 
@@ -129,54 +161,77 @@ METHODS.register("svi", "Joint amortized SVI of the config as given (encoder and
 def _gmm_setup(cfg: Config, data: Dataset):
     covariance_type = "diag" if getattr(cfg.model.likelihood, "learn_scale", None) == "per_feature" else "spherical"
     x = data.train.double()
-    return x, covariance_type, gmm.initial_params(x, cfg.model.latent_dim, covariance_type, seed=cfg.seed)
+    return x, covariance_type, gmm.kmeans_params(x, cfg.model.latent_dim, covariance_type, seed=cfg.seed)
 
 
-def _gmm_result(name: str, fit: Fit, data: Dataset, train_elbo: float, test_elbo: Optional[float] = None,
-                extra: Optional[Dict[str, Any]] = None) -> MethodResult:
+def _gmm_rule(budget: Budget, steps_cap: int):
+    """Full-batch GMM SVI: a fixed budget as for every method, or the plateau rule counted in steps."""
+    if budget.stop == "fixed":
+        return BudgetLimit(GMM_LR, max_epochs=budget.epochs, seconds=budget.seconds, patience=GMM_PATIENCE,
+                           min_delta=GMM_MIN_DELTA)
+    rule = Plateau(steps_cap, GMM_LR, patience=GMM_PATIENCE, min_delta=GMM_MIN_DELTA, min_lr=GMM_MIN_LR,
+                   seconds=budget.seconds)
+    rule.score = "training log p(x)"
+    return rule
+
+
+def _gmm_result(name: str, fit: Fit, data: Dataset, budget: Budget, train_elbo: float, stop: Dict[str, Any],
+                test_elbo: Optional[float] = None, extra: Optional[Dict[str, Any]] = None) -> MethodResult:
     p = fit.params
     val = data.val if len(data.val) else data.train
     test = gmm.log_likelihood(_test(data), **p)
-    curve = [{"epoch": int(r["iteration"]), "wall_time": r["seconds"], "val_elbo": r.get("elbo", r["log_likelihood"]),
-              "train_log_likelihood": r["log_likelihood"]} for r in fit.history.rows]
-    curve[-1]["log_likelihood"] = test
-    seconds = fit.history.seconds
+    # scored on the training points while it trains (its history); on the yardstick's points at the end
+    curve = [{"epoch": int(r["iteration"]), "wall_time": r["seconds"], "val_log_px": None,
+              "val_elbo": r.get("elbo", r["log_likelihood"]), "train_log_likelihood": r["log_likelihood"]}
+             for r in fit.history.rows]
+    seconds = fit.total_seconds
     return MethodResult(name=name, train_elbo=train_elbo, val_elbo=gmm.log_likelihood(val, **p),
                         test_log_likelihood=test, exact_log_likelihood=test,
                         test_elbo=test if test_elbo is None else test_elbo, seconds=seconds,
                         examples_per_second=fit.iterations * len(data.train) / max(seconds, 1e-9),
-                        iterations=fit.iterations, curve=curve,
+                        iterations=fit.iterations, curve=curve, seed=0, estimator="exact", epochs=fit.iterations,
+                        val_log_px=gmm.log_likelihood(budget.yardstick(data).points, **p), **stop,
                         extra={"algorithm": fit.kind, "num_components": len(p["weights"]), **(extra or {})})
 
 
 @METHODS.register("gmm_em")
 def gmm_em(cfg: Config, data: Dataset, budget: Budget) -> MethodResult:
-    """Gaussian mixture (model.latent_dim components) by exact EM: the E-step is Bayes' rule over discrete z."""
-    x, covariance_type, init = _gmm_setup(cfg, data)
-    with warnings.catch_warnings():  # as in em: the budget, not a failure
+    """Gaussian mixture (model.latent_dim components) by exact EM from the best of 10 k-means++ starts."""
+    covariance_type = "diag" if getattr(cfg.model.likelihood, "learn_scale", None) == "per_feature" else "spherical"
+    max_iter = budget.max_iterations()
+    with warnings.catch_warnings():  # as in em: a cap, not a failure
         warnings.simplefilter("ignore", ConvergenceWarning)
-        fit = gmm.em(x, len(init["weights"]), covariance_type, init=init, max_iter=_max_iter(budget),
-                     seconds=budget.seconds)
-    return _gmm_result("gmm_em", fit, data, fit.log_likelihood, extra={"converged": fit.converged})
+        fit = gmm.em_restarts(data.train.double(), cfg.model.latent_dim, covariance_type, n_init=GMM_RESTARTS,
+                              seed=cfg.seed, max_iter=max_iter, seconds=budget.seconds)
+    result = _gmm_result("gmm_em", fit, data, budget, fit.log_likelihood, _em_stop(fit, budget, max_iter),
+                         extra={"restarts": fit.restarts})
+    result.seed = cfg.seed
+    return result
 
 
 @METHODS.register("gmm_enum_svi")
 def gmm_enum_svi(cfg: Config, data: Dataset, budget: Budget) -> MethodResult:
     """Gaussian mixture by SVI with z enumerated exactly (TraceEnum_ELBO): gradient ascent on log p(x)."""
     x, _, init = _gmm_setup(cfg, data)
-    fit = gmm.svi_enumerated(x, init, steps=_max_iter(budget), lr=GMM_LR, seconds=budget.seconds)
-    return _gmm_result("gmm_enum_svi", fit, data, fit.log_likelihood)
+    rule = _gmm_rule(budget, budget.max_iterations())
+    fit = gmm.svi_enumerated(x, init, lr=GMM_LR, stopping=rule)
+    result = _gmm_result("gmm_enum_svi", fit, data, budget, fit.log_likelihood, _rule_stop(rule))
+    result.seed = cfg.seed
+    return result
 
 
 @METHODS.register("gmm_amortized_svi")
 def gmm_amortized_svi(cfg: Config, data: Dataset, budget: Budget) -> MethodResult:
     """Gaussian mixture by SVI with an amortized categorical guide and score-function gradients (TraceGraph_ELBO)."""
     x, _, init = _gmm_setup(cfg, data)
-    fit = gmm.svi_amortized(x, init, steps=_max_iter(budget), lr=GMM_LR, seconds=budget.seconds, seed=cfg.seed)
+    rule = _gmm_rule(budget, budget.max_iterations())
+    fit = gmm.svi_amortized(x, init, lr=GMM_LR, seed=cfg.seed, stopping=rule)
     encoder = fit.modules["encoder"]
     test = _test(data).double()
     with torch.no_grad():
         test_elbo = -TraceGraph_ELBO(num_particles=10, vectorize_particles=True, max_plate_nesting=1).loss(
             gmm.model, encoder.guide, test, fit.params) / len(test)
     last = fit.history.rows[-1].get("elbo", math.nan)
-    return _gmm_result("gmm_amortized_svi", fit, data, last, test_elbo=test_elbo)
+    result = _gmm_result("gmm_amortized_svi", fit, data, budget, last, _rule_stop(rule), test_elbo=test_elbo)
+    result.seed = cfg.seed
+    return result

@@ -1,16 +1,21 @@
-"""Run several methods on one split, seed, architecture and budget; write the table, the JSON and the figures.
+"""Run several methods on one split, architecture and budget, with one or more seeds; write the table, the JSON,
+the figures and an HTML report.
 
 Every check that can refuse (each method's config and model on this data, ``--out``) runs before any method trains."""
 
 from __future__ import annotations
 
+import math
 import re
 import sys
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from pyro_vae.compare.html import html_report
 from pyro_vae.compare.methods import METHODS, Budget, Method, MethodResult, configure  # noqa: E402
 from pyro_vae.compare.report import fmt, markdown, write_plots
+from pyro_vae.compare.seeds import summarize
 from pyro_vae.compare.svi import svi_method  # noqa: E402
 from pyro_vae.config import Config  # noqa: E402
 from pyro_vae.errors import ConfigError, RunDirError  # noqa: E402
@@ -20,7 +25,7 @@ from pyro_vae.rundir import (  # noqa: E402
     check_writable_dir,
 )
 
-OWN_FILES = ("comparison.json", "comparison.md")
+OWN_FILES = ("comparison.json", "comparison.md", "report.html")
 _SET_SPLIT = re.compile(r",(?=\s*[A-Za-z_][\w.]*\s*=)")  # commas that start a new key=value, not inside [16, 16]
 
 
@@ -65,14 +70,43 @@ def check_out(out: Path, overwrite: bool) -> Path:
     return out
 
 
-def compare(cfg: Config, methods: List[Tuple[str, Method]], budget: Budget, out: Path,
-            overwrite: bool = False, verbose: bool = True) -> Dict[str, Any]:
-    """Run each method on the data of ``cfg`` and write ``out/comparison.{json,md}`` and ``out/plots/``.
+def yardstick_reference(rows: Sequence[MethodResult]) -> Tuple[Optional[float], str]:
+    """The value the curves are measured from: the log p(x) of the yardstick's points under the closed-form
+    maximum-likelihood fit to the training split when a method supplies it (``extra["reference_val_log_px"]``,
+    pPCA's), else the best yardstick value any method reached at any epoch with any seed.
 
-    Every check that can refuse (the config of each method, its model on this data, ``out``) runs first;
-    ``out`` is written only once every method has trained, each file replaced whole."""
+    A model selected on the yardstick's points can score above the closed-form fit there by chance (it is the
+    optimum on the training split, not on these points); the curves clip such gaps at their floor."""
+    exact = [r.extra["reference_val_log_px"] for r in rows if r.extra.get("reference_val_log_px") is not None]
+    seen = [v for r in rows for v in [r.val_log_px] + [c.get("val_log_px") for c in r.curve]
+            if v is not None and math.isfinite(v)]
+    if exact:
+        return exact[0], "closed-form maximum likelihood"
+    return (max(seen), "best value reached by any method and seed") if seen else (None, "none")
+
+
+def check_seeds(seeds: int, baseline: Optional[str], methods: Sequence[Tuple[str, Method]]) -> None:
+    """Refuse a seed count below 1 or a baseline that is not among the methods (before anything runs)."""
+    if not (isinstance(seeds, int) and seeds >= 1):
+        raise ConfigError(f"--seeds {seeds}: must be a whole number >= 1")
+    names = [name for name, _ in methods]
+    if baseline is not None and baseline not in names:
+        raise ConfigError(f"--baseline {baseline}: not one of the compared methods ({', '.join(names)})")
+
+
+def compare(cfg: Config, methods: List[Tuple[str, Method]], budget: Budget, out: Path,
+            overwrite: bool = False, verbose: bool = True, seeds: int = 1, baseline: Optional[str] = None,
+            command: str = "") -> Dict[str, Any]:
+    """Run each method with seeds ``cfg.seed, ..., cfg.seed + seeds - 1`` on the data of ``cfg`` and write
+    ``out/comparison.{json,md}``, ``out/report.html`` and ``out/plots/``.
+
+    The data split is ``cfg.seed``'s for every seed (a seed changes the initialisation and the minibatch order),
+    so paired differences against ``baseline`` (default: the first method) compare methods on the same points.
+    Every check that can refuse (the seeds and baseline, the config of each method, its model on this data,
+    ``out``) runs first; ``out`` is written only once every run has finished, each file replaced whole."""
     from pyro_vae.build import build_vae, prepare
 
+    check_seeds(seeds, baseline, methods)
     data, _ = prepare(cfg)  # every user error surfaces before anything is trained or written
     for name, method in methods:
         try:
@@ -84,22 +118,37 @@ def compare(cfg: Config, methods: List[Tuple[str, Method]], budget: Budget, out:
             raise ConfigError(f"method '{name}': {err}") from None
     out = check_out(out, overwrite)
     rows: List[MethodResult] = []
+    total = len(methods) * seeds
     for name, method in methods:
-        if verbose:
-            print(f"[{len(rows) + 1}/{len(methods)}] {name}", file=sys.stderr, flush=True)
-        result = method(cfg, data, budget)
-        result.name = name
-        rows.append(result)
-        if verbose:
-            print(f"    val_elbo {result.val_elbo:.3f}  test_log_likelihood {fmt(result.test_log_likelihood)}  "
-                  f"{result.seconds:.1f} s", file=sys.stderr, flush=True)
-    report = {"config": cfg.to_dict(), "budget": {"epochs": budget.epochs, "seconds": budget.seconds,
-                                                  "eval_samples": budget.eval_samples, "grad_samples": budget.grad_samples},
+        for i in range(seeds):
+            seeded = cfg if i == 0 else configure(cfg, [f"seed={cfg.seed + i}"])
+            if verbose:
+                print(f"[{len(rows) + 1}/{total}] {name}" + (f" (seed {seeded.seed})" if seeds > 1 else ""),
+                      file=sys.stderr, flush=True)
+            result = method(seeded, data, budget)
+            result.name, result.seed = name, seeded.seed
+            rows.append(result)
+            if verbose:
+                state = "converged" if result.converged else f"NOT converged: {result.stop_detail}"
+                print(f"    test log p(x) {fmt(result.test_log_likelihood)} ({result.estimator})  "
+                      f"{result.epochs} epochs, {result.seconds:.1f} s, {state}", file=sys.stderr, flush=True)
+    reference, kind = yardstick_reference(rows)
+    yardstick = budget.yardstick(data)
+    estimators = sorted({r.extra.get("yardstick", "exact" if r.estimator == "exact" else
+                                     f"IWAE-{budget.yardstick_samples}") for r in rows})
+    report = {"command": command, "config": cfg.to_dict(),
+              "budget": {**asdict(budget), "description": budget.describe()},
+              "seeds": [cfg.seed + i for i in range(seeds)], "baseline": baseline or methods[0][0],
+              "yardstick": {"estimator": ", ".join(estimators), "points": len(yardstick.points),
+                            "samples": budget.yardstick_samples, "reference": reference, "reference_kind": kind},
               "n_train": len(data.train), "n_val": len(data.val), "n_test": len(data.test),
               "methods": [r.to_dict() for r in rows]}
+    report["summary"] = summarize(report["methods"], report["baseline"])
     (out / "plots").mkdir(parents=True, exist_ok=True)
-    plots = write_plots(rows, out / "plots")
+    plots = write_plots(report, out / "plots")
     report["plots"] = [str(p.relative_to(out)) for p in plots]
+    text = markdown(report)
     atomic_write_json(out / "comparison.json", report)
-    atomic_write_bytes(out / "comparison.md", markdown(rows, budget).encode())
+    atomic_write_bytes(out / "comparison.md", text.encode())
+    atomic_write_bytes(out / "report.html", html_report(report, text, plots).encode())
     return report

@@ -6,51 +6,107 @@ import inspect
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Dict, List, Optional
 
-from pyro_vae.config import Config, apply_overrides, validate
+from pyro_vae.config import Config, TrainConfig, apply_overrides, validate
 from pyro_vae.data import Dataset
 from pyro_vae.errors import ConfigError
+from pyro_vae.evaluation.yardstick import Yardstick
 from pyro_vae.registry import Named
-from pyro_vae.training.stopping import BudgetLimit
+from pyro_vae.training.stopping import BudgetLimit, EpochLimit, Plateau
+
+STOPS = ("converged", "fixed")
+DEFAULT_SECONDS_CAP = 300.0  # per method and seed, when compare is not told otherwise
+MAX_EM_ITERATIONS = 10_000  # the iteration cap of EM-type methods when the budget sets no epochs
 
 
 @dataclass(frozen=True)
 class Budget:
-    """What every method of one comparison may spend.
+    """What every method of one comparison may spend, and when it stops.
 
-    Training stops after ``epochs`` epochs or once ``seconds`` of wall-clock training time have
-    been used (checked at epoch ends), whichever comes first; at least one must be set.
-    ``eval_samples`` is K of the test IWAE bound, ``grad_samples`` the number of repeated
-    gradient evaluations behind the gradient-variance estimate.
+    ``stop = "converged"`` (the default): each method trains until its own convergence test holds, or
+    until a cap. SVI methods use ``train``'s plateau rule (:class:`~pyro_vae.training.stopping.Plateau`
+    with ``train.patience``, ``train.min_delta``, ``train.lr_factor`` and ``train.min_lr``) on the
+    yardstick: the step size is cut when the validation log p(x) stops improving, training stops at a
+    plateau at ``train.min_lr``, and the best validated parameters are kept. EM-type methods iterate until
+    their log-likelihood changes by less than their tolerance. The caps: ``epochs`` passes over the
+    training data (default ``train.epochs`` for SVI, :data:`MAX_EM_ITERATIONS` for EM) or ``seconds`` of
+    training time (checked at epoch ends), whichever comes first.
+
+    ``stop = "fixed"``: exactly ``epochs`` epochs or ``seconds`` of training at the constant step size
+    ``optim.lr``, ending on the last parameters (equal budgets, not convergence); at least one must be set.
+
+    ``eval_samples`` is K of the test IWAE bound, ``grad_samples`` the number of repeated gradient
+    evaluations behind the gradient-variance estimate, ``yardstick_samples`` and ``yardstick_points`` the
+    K and the number of validation points of the yardstick (:class:`~pyro_vae.evaluation.yardstick.Yardstick`).
     """
 
+    stop: str = "converged"
     epochs: Optional[int] = None
     seconds: Optional[float] = None
     eval_samples: int = 1000
     grad_samples: int = 50
+    yardstick_samples: int = 100
+    yardstick_points: int = 500
 
     def __post_init__(self):
-        if self.epochs is None and self.seconds is None:
-            raise ConfigError("budget: set --epochs or --seconds")
+        if self.stop not in STOPS:
+            raise ConfigError(f"budget: stop '{self.stop}' is not one of {', '.join(STOPS)}")
+        if self.stop == "fixed" and self.epochs is None and self.seconds is None:
+            raise ConfigError("budget: a fixed budget needs --epochs or --seconds")
 
     def exhausted(self, epochs: int, seconds: float) -> bool:
-        """Whether ``epochs`` epochs and ``seconds`` of training have spent the budget."""
-        return (self.epochs is not None and epochs >= self.epochs) or (self.seconds is not None and seconds >= self.seconds)
+        """Whether ``epochs`` epochs and ``seconds`` of training have reached a cap."""
+        return ((self.epochs is not None and epochs >= self.epochs)
+                or (self.seconds is not None and seconds >= self.seconds))
 
-    def rule(self, lr: float) -> BudgetLimit:
-        """The budget as the Trainer's stopping rule at the fixed step size ``lr``: it checks :meth:`exhausted`
-        after every epoch (so at least one epoch trains) on the Trainer's clock, which counts training steps
-        alone, and ends on the last epoch's parameters."""
-        return BudgetLimit(lr, max_epochs=self.epochs, seconds=self.seconds)
+    def rule(self, train: TrainConfig, lr: float) -> EpochLimit:
+        """The Trainer's stopping rule for an SVI method whose ``train`` section is ``train``, first step size ``lr``.
+
+        ``converged``: :class:`Plateau` with ``train``'s patience, minimum improvement, cut factor and floor,
+        capped at ``epochs`` (default ``train.epochs``) and ``seconds``, restoring the best epoch.
+        ``fixed``: :class:`BudgetLimit` at the constant ``lr``, last parameters."""
+        if self.stop == "fixed":
+            rule = BudgetLimit(lr, max_epochs=self.epochs, seconds=self.seconds, patience=train.patience,
+                               min_delta=train.min_delta)
+        else:
+            rule = Plateau(self.epochs or train.epochs, lr, patience=train.patience, min_delta=train.min_delta,
+                           factor=train.lr_factor, min_lr=train.min_lr, restore_best=True, seconds=self.seconds)
+        rule.score = "validation log p(x)"
+        return rule
+
+    def yardstick(self, data: Dataset) -> Yardstick:
+        """The yardstick of every method trained on ``data``: ``yardstick_points`` fixed rows of the validation
+        split (the training split when there is none), ``yardstick_samples`` importance samples."""
+        val = data.val if len(data.val) else data.train
+        return Yardstick(val, self.yardstick_samples, self.yardstick_points)
+
+    def max_iterations(self) -> int:
+        """The iteration cap of an EM-type method."""
+        return self.epochs if self.epochs is not None else MAX_EM_ITERATIONS
+
+    def describe(self) -> str:
+        """The budget in words, for the report."""
+        caps = " or ".join(s for s in (f"{self.epochs} epochs" if self.epochs else "",
+                                        f"{self.seconds:g} s" if self.seconds else "") if s)
+        if self.stop == "fixed":
+            return f"fixed: {caps} at a constant step size, last parameters"
+        return ("until converged (SVI: plateau of the validation log p(x) at the floor step size, best epoch kept; "
+                f"EM: log-likelihood change below its tolerance), capped at {caps or 'train.epochs'}"
+                + ("" if self.epochs else f" (SVI: train.epochs; EM: {MAX_EM_ITERATIONS} iterations)"))
 
 
 @dataclass
 class MethodResult:
-    """One row of a comparison; bounds are nats per data point (higher is better).
+    """One row of a comparison: one method trained with one seed; bounds are nats per data point (higher is better).
 
     ``test_log_likelihood`` is the exact log p(x) when the model has one, else the IWAE estimate
-    with ``Budget.eval_samples`` samples; ``exact_log_likelihood`` is None when no closed form
-    exists. ``curve`` holds one ``{"epoch", "wall_time", "val_elbo"[, "log_likelihood"]}`` per
-    epoch; ``extra`` anything method-specific (gradient variances, the config overrides...).
+    with ``Budget.eval_samples`` samples (``estimator`` says which); ``exact_log_likelihood`` is None
+    when no closed form exists. ``val_log_px`` is the yardstick (the same estimator of log p(x) for
+    every method, on a fixed validation subset) at the final parameters. ``curve`` holds one
+    ``{"epoch", "wall_time", "val_elbo", "val_log_px"}`` per epoch (``val_log_px`` None where the
+    method cannot be scored on the yardstick while it trains). ``converged`` is the method's own
+    convergence test; ``stop_reason`` is ``plateau`` or ``tol`` (converged), ``max_epochs`` or
+    ``seconds`` (a cap), with ``stop_detail`` in words. ``extra`` holds anything method-specific
+    (gradient variances, the config overrides...).
     """
 
     name: str
@@ -64,6 +120,13 @@ class MethodResult:
     iterations: int
     curve: List[Dict[str, Any]] = field(default_factory=list)
     extra: Dict[str, Any] = field(default_factory=dict)
+    seed: int = 0
+    converged: bool = False
+    stop_reason: str = ""
+    stop_detail: str = ""
+    val_log_px: Optional[float] = None
+    estimator: str = ""
+    epochs: int = 0
 
     def to_dict(self) -> Dict[str, Any]:
         return asdict(self)

@@ -40,42 +40,54 @@ def svi_method(overrides: List[str]) -> Method:
 
 def train_svi(cfg: Config, data: Dataset, budget: Budget, name: str = "", extra: Optional[Dict[str, Any]] = None,
               progress: bool = False) -> MethodResult:
-    """Train the VAE of ``cfg`` until the budget is spent, on the loop of ``pyro-vae train``; evaluate the
-    final parameters on the test split.
+    """Train the VAE of ``cfg`` under the budget on the loop of ``pyro-vae train``, scored on the yardstick;
+    evaluate the parameters it ends with on the test split.
 
     The Trainer is the one :meth:`Trainer.from_config` makes for ``pyro-vae train`` (the same engine,
-    fused Adam, device, seeds, data order and non-finite guard), with the budget as its stopping rule
-    (:class:`~pyro_vae.training.stopping.BudgetLimit`: ``budget.epochs`` epochs or ``budget.seconds`` of
-    training time, checked at epoch ends, at a fixed step size ``optim.lr``, ending on the last epoch's
-    parameters), so a row's examples/s is ``train``'s. ``curve`` has one ``{"epoch", "wall_time",
-    "val_elbo"}`` per epoch (the validation ELBO, nats per point, at ``wall_time`` seconds of training).
+    fused Adam, device, seeds, data order and non-finite guard), with :meth:`Budget.rule` as its stopping
+    rule and :meth:`Budget.yardstick` as its validation score: every epoch ends with the yardstick's log p(x)
+    on the fixed validation points, which drives the step-size cuts, the stop and the best epoch kept (with
+    ``stop = "converged"``). ``curve`` has one ``{"epoch", "wall_time", "val_log_px", "val_elbo", "train_elbo", "lr"}`` per
+    epoch (nats per point at ``wall_time`` seconds of training; the ELBO from the yardstick's own draws).
     Evaluation runs on the CPU: the test bounds with ``budget.eval_samples`` importance samples, and the
     gradient variance of the method's own objective over ``budget.grad_samples`` repeats on one batch.
     """
     vae = build_seeded(cfg, data)  # as prepare() builds it for `pyro-vae train`: the same initial parameters
-    trainer = Trainer.from_config(cfg, data, vae, stopping=budget.rule(cfg.optim.lr), progress=progress, quiet=not progress)
+    yardstick, scores = budget.yardstick(data), []
+
+    def validation() -> float:  # the Trainer calls it once per epoch, from a stream seeded by cfg.seed alone
+        scores.append(yardstick(vae))
+        return scores[-1]["log_px"]
+
+    rule = budget.rule(cfg.train, cfg.optim.lr)
+    trainer = Trainer.from_config(cfg, data, vae, stopping=rule, validation=validation, progress=progress,
+                                  quiet=not progress)
     rows = trainer.fit()
     trainer.close()
     vae.cpu().eval()
-    curve = [{"epoch": r["epoch"], "wall_time": r["wall_time"], "val_elbo": r["val_elbo"]} for r in rows]
+    curve = [{"epoch": r["epoch"], "wall_time": r["wall_time"], "val_log_px": s["log_px"], "val_elbo": s["elbo"],
+              "train_elbo": r["train_elbo"], "lr": r["lr"]} for r, s in zip(rows, scores)]
+    kept = rule.best_epoch if trainer.restored else trainer.epoch  # the epoch whose parameters are evaluated
     val = data.val if len(data.val) else data.train
     test = data.test if len(data.test) else val
     ev = evaluate_points(vae, test, samples=budget.eval_samples)
     exact = ev["log_likelihood"]["mean"] if ev["log_likelihood"] is not None else None
-    if exact is not None:
-        curve[-1]["log_likelihood"] = exact
     batch = data.train[: cfg.train.batch_size]
     # of the method's own objective (Pyro's, whatever engine trained it: the fused loss is its twin)
     variance = gradient_variance(vae, build_elbo(cfg.inference), batch, budget.grad_samples)
     seconds = trainer.seconds
     return MethodResult(
-        name=name, train_elbo=rows[-1]["train_elbo"], val_elbo=rows[-1]["val_elbo"],
+        name=name, train_elbo=rows[kept - 1]["train_elbo"], val_elbo=curve[kept - 1]["val_elbo"],
         test_log_likelihood=exact if exact is not None else ev["iwae"]["mean"],
         exact_log_likelihood=exact, test_elbo=ev["elbo"]["mean"], seconds=seconds,
         examples_per_second=trainer.epoch * len(data.train) / max(seconds, 1e-9),
-        iterations=trainer.step, curve=curve,
-        extra={**(extra or {}), "epochs": trainer.epoch, "engine": trainer.engine, "device": str(trainer.device),
+        iterations=trainer.step, curve=curve, seed=cfg.seed, converged=rule.converged and not rule.capped,
+        stop_reason=rule.reason, stop_detail=rule.describe(), val_log_px=curve[kept - 1]["val_log_px"],
+        estimator="exact" if exact is not None else f"IWAE-{budget.eval_samples}", epochs=trainer.epoch,
+        extra={**(extra or {}), "best_epoch": kept, "lr": cfg.optim.lr, "final_lr": rule.lr,
+               "engine": trainer.engine, "device": str(trainer.device), "yardstick": yardstick.estimator(vae),
                "test_iwae": ev["iwae"]["mean"], "test_iwae_se": ev["iwae"]["se"], "test_elbo_se": ev["elbo"]["se"],
+               "test_log_likelihood_se": (ev["log_likelihood"] or ev["iwae"])["se"],
                "grad_variance_encoder": variance["encoder"], "grad_variance_decoder": variance["decoder"],
                "inference": cfg.inference.model_dump()},
     )

@@ -1,8 +1,18 @@
 """Honest evaluation of a trained VAE: ELBOs, IWAE log-likelihood, exact log p(x) when it exists, and the gaps.
 
-Every number is per data point (nats), reported as the mean over a split with the standard error
-of that mean, so two numbers can be compared with their Monte Carlo and sampling error in view.
-The central identity, exact for the linear-Gaussian model (probabilistic PCA):
+Every number is per data point (nats) and carries two different errors:
+
+- ``se``: the standard error over the test points, ``sd_n(v_n) / sqrt(N)`` of the per-point values
+  ``v_n``: how much the mean would move on another test set of the same size (test-set sampling; the
+  per-point Monte Carlo noise is in it too);
+- ``mc_se``: the Monte Carlo standard error of the estimate *given these points*, how much it would
+  move with other draws of z (another ``--seed``): ``sqrt(sum_n Var_n) / N`` with ``Var_n`` the
+  variance of point n's estimate (:func:`mc_se`); 0 for closed forms.
+
+Two estimates on the same points are compared by their per-point difference (``paired``), whose
+``se`` is far smaller than the unpaired ``sqrt(se_a^2 + se_b^2)`` when the two move together across
+points, as log p(x), the IWAE and the ELBO do. The central identity, exact for the linear-Gaussian
+model (probabilistic PCA):
 
 .. math:: \\log p(x) = \\mathrm{ELBO}(x) + \\mathrm{KL}(q(z|x) \\,\\|\\, p(z|x)).
 """

@@ -25,7 +25,10 @@ class EpochLimit:
     ``converged`` is ``wait >= patience``: each of the last ``patience`` epochs stayed at or below
     :math:`r + \delta` while the best before them was at least :math:`r`, so together they raised the best
     ELBO by at most :math:`\delta` nats per point. This rule never changes the step size and stops only at
-    ``max_epochs`` (``reason = "max_epochs"``).
+    its caps: ``max_epochs`` epochs (``reason = "max_epochs"``) or, when ``seconds`` is set, once
+    :math:`s_t \ge` ``seconds``, :math:`s_t` being the training time of the first :math:`t` epochs
+    (``reason = "seconds"``; checked at epoch ends, so the last epoch may run past it). Every rule shares
+    these caps.
 
     The state (:meth:`state_dict`) is plain numbers, so a checkpoint carries it and a resumed run decides as
     the uninterrupted one would. Every decision is a function of the sequence :math:`L_1, L_2, \dots` alone:
@@ -35,7 +38,9 @@ class EpochLimit:
     name = "epochs"
 
     def __init__(self, max_epochs: int, lr: float, patience: int = 10, min_delta: float = 0.0,
-                 restore_best: bool = True):
+                 restore_best: bool = True, seconds: Optional[float] = None):
+        if seconds is not None and not (math.isfinite(seconds) and seconds >= 0):
+            raise ValueError(f"seconds: expected a non-negative finite number, got {seconds!r}")
         if not (isinstance(max_epochs, int) and max_epochs >= 1):
             raise ValueError(f"max_epochs: expected a positive integer, got {max_epochs!r}")
         if not (isinstance(patience, int) and patience >= 1):
@@ -45,11 +50,13 @@ class EpochLimit:
         if not (math.isfinite(min_delta) and min_delta >= 0):
             raise ValueError(f"min_delta: expected a non-negative finite number, got {min_delta!r}")
         self.max_epochs, self.patience, self.min_delta, self.restore_best = max_epochs, patience, min_delta, restore_best
+        self.seconds = seconds  # a cap on training time, or None
         self.lr = lr  # the step size of the next epoch
         self.epoch = 0  # the last epoch recorded
         self.best, self.best_epoch = -math.inf, 0  # best validation ELBO and its epoch (0: none yet)
         self.reference, self.wait = -math.inf, 0  # ELBO of the last improving epoch; epochs since it
         self.reason: Optional[str] = None  # why training stopped; None while it goes on
+        self.score = "validation ELBO"  # what update() is given, for messages (compare's rules: its yardstick)
 
     @property
     def stopped(self) -> bool:
@@ -80,8 +87,15 @@ class EpochLimit:
         return is_best
 
     def _limit(self, epoch: int, seconds: float) -> Optional[str]:
-        """The hard limit reached after ``epoch`` epochs and ``seconds`` of training (a reason), or None."""
-        return "max_epochs" if epoch >= self.max_epochs else None
+        """The cap reached after ``epoch`` epochs and ``seconds`` of training (a reason), or None."""
+        if self.max_epochs is not None and epoch >= self.max_epochs:
+            return "max_epochs"
+        return "seconds" if self.seconds is not None and seconds >= self.seconds else None
+
+    @property
+    def capped(self) -> bool:
+        """Training ended at a cap (epochs or seconds), not by the rule's own verdict."""
+        return self.reason in ("max_epochs", "seconds")
 
     def _decide(self, last: bool) -> Optional[str]:
         """A rule's own decision after the bookkeeping: a reason to stop, or None (and possibly a new ``lr``,
@@ -90,7 +104,9 @@ class EpochLimit:
 
     def describe(self) -> str:
         """Why training stopped, in words (for the line the Trainer prints at the end)."""
-        return {"max_epochs": f"reached train.epochs = {self.max_epochs}"}.get(self.reason, str(self.reason))
+        if self.reason == "max_epochs":
+            return f"reached the cap of {self.max_epochs} epochs"
+        return f"reached the cap of {self.seconds:g} s of training" if self.reason == "seconds" else str(self.reason)
 
     def state_dict(self) -> Dict[str, Any]:
         return {"rule": self.name, "lr": self.lr, "epoch": self.epoch, "best": self.best, "best_epoch": self.best_epoch,
@@ -106,7 +122,8 @@ class EpochLimit:
         """Why and where training stopped, for summary.json."""
         return {"rule": self.name, "reason": self.reason, "epoch": self.epoch, "best_epoch": self.best_epoch,
                 "best_val_elbo": self.best if self.best_epoch else None, "final_lr": self.lr,
-                "patience": self.patience, "min_delta": self.min_delta}
+                "patience": self.patience, "min_delta": self.min_delta, "max_epochs": self.max_epochs,
+                "seconds": self.seconds}
 
 
 class Plateau(EpochLimit):
@@ -123,8 +140,8 @@ class Plateau(EpochLimit):
     - if :math:`\eta \le \eta_{min}` already, stop (``reason = "plateau"``; then ``converged`` holds).
 
     So training ends ``patience`` epochs without improvement after the step size reached ``min_lr``, after
-    at most :math:`\lceil \log(\eta_{min}/\eta_0) / \log\gamma \rceil` cuts, or at ``max_epochs``
-    (``reason = "max_epochs"``), whichever comes first. ``min_lr >= lr`` means no cuts: the first plateau
+    at most :math:`\lceil \log(\eta_{min}/\eta_0) / \log\gamma \rceil` cuts, or at a cap of
+    :class:`EpochLimit` (``max_epochs``, ``seconds``), whichever comes first. ``min_lr >= lr`` means no cuts: the first plateau
     stops training (plain early stopping). The reference :math:`r` is kept across a cut, so a cut that
     merely holds the ELBO level does not count as an improvement.
 
@@ -135,8 +152,8 @@ class Plateau(EpochLimit):
     name = "plateau"
 
     def __init__(self, max_epochs: int, lr: float, patience: int = 10, min_delta: float = 0.0,
-                 factor: float = 0.5, min_lr: float = 0.0, restore_best: bool = True):
-        super().__init__(max_epochs, lr, patience, min_delta, restore_best)
+                 factor: float = 0.5, min_lr: float = 0.0, restore_best: bool = True, seconds: Optional[float] = None):
+        super().__init__(max_epochs, lr, patience, min_delta, restore_best, seconds)
         if not (0.0 < factor < 1.0):
             raise ValueError(f"factor: expected a number in (0, 1), got {factor!r}")
         if not (math.isfinite(min_lr) and min_lr >= 0):
@@ -154,7 +171,7 @@ class Plateau(EpochLimit):
 
     def describe(self) -> str:
         if self.reason == "plateau":
-            return (f"no validation ELBO improvement > {self.min_delta:g} nats in {self.patience} epochs "
+            return (f"no {self.score} improvement > {self.min_delta:g} nats in {self.patience} epochs "
                     f"at the floor step size {self.lr:g}")
         return super().describe()
 
@@ -164,18 +181,11 @@ class Plateau(EpochLimit):
 
 class BudgetLimit(EpochLimit):
     r"""Train at the fixed step size ``lr`` until a budget is spent: ``max_epochs`` epochs or ``seconds`` of
-    training time, whichever comes first (at least one must be set).
+    training time, whichever comes first (at least one must be set; the caps of :class:`EpochLimit`).
 
-    With :math:`t` epochs done and :math:`s_t` seconds spent on their steps (the Trainer's clock, which
-    leaves out validation and checkpoints), training stops after epoch :math:`t` when
-
-    .. math:: t \ge \texttt{max\_epochs} \quad (\texttt{reason = "max\_epochs"}) \qquad\text{or}\qquad
-              s_t \ge \texttt{seconds} \quad (\texttt{reason = "seconds"}),
-
-    checked at epoch ends only, so at least one epoch is always trained and the last one may run past
-    ``seconds``. The validation ELBO is bookkept as by :class:`EpochLimit` (best epoch, ``converged``) but
-    never stops training or changes the step size. ``restore_best`` defaults to False: a budgeted method
-    is judged by the parameters its budget bought, not by the best epoch on the validation split.
+    The validation score is bookkept as by :class:`EpochLimit` (best epoch, ``converged``) but never stops
+    training or changes the step size. ``restore_best`` defaults to False: a budgeted method is judged by
+    the parameters its budget bought, not by the best epoch on the validation split.
     """
 
     name = "budget"
@@ -184,24 +194,14 @@ class BudgetLimit(EpochLimit):
                  patience: int = 10, min_delta: float = 0.0, restore_best: bool = False):
         if max_epochs is None and seconds is None:
             raise ValueError("budget: set max_epochs or seconds")
-        if seconds is not None and not (math.isfinite(seconds) and seconds >= 0):
-            raise ValueError(f"seconds: expected a non-negative finite number, got {seconds!r}")
         # EpochLimit checks max_epochs, lr, patience and min_delta; a seconds-only budget has no epoch cap
-        super().__init__(1 if max_epochs is None else max_epochs, lr, patience, min_delta, restore_best)
-        self.max_epochs, self.seconds = max_epochs, seconds
-
-    def _limit(self, epoch: int, seconds: float) -> Optional[str]:
-        if self.max_epochs is not None and epoch >= self.max_epochs:
-            return "max_epochs"
-        return "seconds" if self.seconds is not None and seconds >= self.seconds else None
+        super().__init__(1 if max_epochs is None else max_epochs, lr, patience, min_delta, restore_best, seconds)
+        self.max_epochs = max_epochs
 
     def describe(self) -> str:
         if self.reason == "max_epochs":
             return f"spent the budget of {self.max_epochs} epochs"
         return f"spent the budget of {self.seconds:g} s of training" if self.reason == "seconds" else str(self.reason)
-
-    def summary(self) -> Dict[str, Any]:
-        return {**super().summary(), "max_epochs": self.max_epochs, "seconds": self.seconds}
 
 
 RULES = {"epochs": EpochLimit, "plateau": Plateau}  # train.stop -> rule

@@ -358,7 +358,7 @@ class Trainer:
     def conclude(self) -> None:
         """Say why training stopped and which parameters it kept."""
         rule = self.stop_rule
-        kept = f"; restored the parameters of epoch {rule.best_epoch} (best validation ELBO {rule.best:.3f})" \
+        kept = f"; restored the parameters of epoch {rule.best_epoch} (best {rule.score} {rule.best:.3f})" \
             if self.restored else ""
         self.say(f"stopped after epoch {self.epoch}: {rule.describe()}{kept}")
 
@@ -387,7 +387,7 @@ class Trainer:
                   f"val_elbo {val_elbo:10.3f}  {row['examples_per_second']:8.0f} ex/s", flush=True)
         if rule.lr != lr:
             self.set_lr(rule.lr)
-            self.say(f"step size {lr:g} -> {rule.lr:g}: no validation ELBO improvement > {rule.min_delta:g} nats "
+            self.say(f"step size {lr:g} -> {rule.lr:g}: no {rule.score} improvement > {rule.min_delta:g} nats "
                      f"in {rule.patience} epochs", bar)
         if rule.stopped and rule.restore_best and self.best is not None:
             self.restore()

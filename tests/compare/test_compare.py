@@ -13,7 +13,8 @@ from pyro_vae.compare.methods import METHODS, Budget, MethodResult
 from conftest import run_cli
 
 ROW_FIELDS = {"name", "train_elbo", "val_elbo", "test_log_likelihood", "exact_log_likelihood", "test_elbo", "seconds",
-              "examples_per_second", "iterations", "curve", "extra"}
+              "examples_per_second", "iterations", "curve", "extra", "seed", "converged", "stop_reason", "stop_detail",
+              "val_log_px", "estimator", "epochs"}
 LINEAR = ["--set", "data.name=synthetic", "--set", "data.n=120", "--set", "data.x_dim=4", "--set", "model.latent_dim=2",
           "--set", "model.decoder.name=linear", "--set", "guide.hidden=[8]", "--set", "train.batch_size=32"]
 
@@ -38,27 +39,58 @@ def test_unknown_method_is_a_config_error_with_a_suggestion():
         resolve_methods([], ["analytic_kl:inference.kl=analytic"])
 
 
-def test_budget_needs_epochs_or_seconds():
-    with pytest.raises(ConfigError):
-        Budget()
+def test_the_default_budget_is_until_converged_and_a_fixed_one_needs_a_size():
+    assert Budget().stop == "converged" and "until converged" in Budget().describe()
+    with pytest.raises(ConfigError, match="fixed budget needs"):
+        Budget(stop="fixed")
+    with pytest.raises(ConfigError, match="stop 'forever'"):
+        Budget(stop="forever")
     assert Budget(seconds=0.0).exhausted(0, 0.0) and not Budget(epochs=2).exhausted(1, 1e9)
 
 
+TINY = {"data": {"name": "synthetic", "n": 60, "x_dim": 3}, "model": {"decoder": {"hidden": [4]}}, "guide": {"hidden": [4]}}
+
+
 def test_seconds_budget_stops_training(tmp_path):
-    """A wall-clock budget of ~0 s trains exactly one epoch (the check is at epoch ends)."""
-    cfg = validate_config({"data": {"name": "synthetic", "n": 60, "x_dim": 3}, "model": {"decoder": {"hidden": [4]}},
-                           "guide": {"hidden": [4]}})
-    report = compare(cfg, resolve_methods(["analytic_kl"]), Budget(seconds=1e-9, eval_samples=5, grad_samples=2),
-                     tmp_path / "out", verbose=False)
+    """A fixed wall-clock budget of ~0 s trains exactly one epoch (the check is at epoch ends)."""
+    cfg = validate_config(TINY)
+    report = compare(cfg, resolve_methods(["analytic_kl"]), Budget(stop="fixed", seconds=1e-9, eval_samples=5,
+                                                                   grad_samples=2), tmp_path / "out", verbose=False)
     row = report["methods"][0]
-    assert row["extra"]["epochs"] == 1 and len(row["curve"]) == 1
+    assert row["epochs"] == 1 and len(row["curve"]) == 1 and row["stop_reason"] == "seconds" and not row["converged"]
     with pytest.raises(RunDirError, match="not empty"):
         compare(cfg, resolve_methods(["analytic_kl"]), Budget(epochs=1), tmp_path / "out", verbose=False)
 
 
+def test_a_row_that_hits_its_cap_is_marked_unconverged(tmp_path):
+    """Until converged, capped at 2 epochs: the plateau rule cannot have stopped it (patience 20), so the row
+    says converged false, reason max_epochs, and the table marks it."""
+    cfg = validate_config(TINY)
+    report = compare(cfg, resolve_methods(["analytic_kl"]), Budget(epochs=2, eval_samples=5, grad_samples=2),
+                     tmp_path / "out", verbose=False)
+    row = report["methods"][0]
+    assert row["epochs"] == 2 and not row["converged"] and row["stop_reason"] == "max_epochs"
+    assert row["stop_detail"] == "reached the cap of 2 epochs"
+    assert "**NO**" in (tmp_path / "out" / "comparison.md").read_text()
+
+
+def test_a_row_that_converges_says_so(tmp_path):
+    """patience 2 and min_delta 1e9 on the yardstick: no epoch improves on the first by that much and min_lr = lr
+    allows no cut, so the rule stops at epoch 3, converged, keeping the best of the three epochs."""
+    cfg = validate_config({**TINY, "train": {"patience": 2, "min_delta": 1e9, "min_lr": 1.0}})
+    report = compare(cfg, resolve_methods(["analytic_kl"]), Budget(eval_samples=5, grad_samples=2), tmp_path / "o",
+                     verbose=False)
+    row = report["methods"][0]
+    assert row["converged"] and row["stop_reason"] == "plateau" and row["epochs"] == 3
+    scores = [c["val_log_px"] for c in row["curve"]]
+    best = scores.index(max(scores))
+    assert row["extra"]["best_epoch"] == best + 1 and row["val_log_px"] == scores[best]
+
+
 def test_compare_cli_end_to_end(tmp_path):
     out = tmp_path / "cmp"
-    res = run_cli("compare", *LINEAR, "--epochs", "2", "--samples", "20", "--grad-samples", "4", "--out", out,
+    res = run_cli("compare", *LINEAR, "--budget", "fixed", "--epochs", "2", "--samples", "20", "--grad-samples", "4",
+                  "--out", out,
                   "--method-set", "renyi_half:inference.objective=renyi,inference.alpha=0.5,inference.num_particles=3")
     assert res.returncode == 0, res.stderr
     report = json.loads((out / "comparison.json").read_text())
@@ -67,7 +99,8 @@ def test_compare_cli_end_to_end(tmp_path):
     for row in report["methods"]:
         assert set(row) >= ROW_FIELDS, row["name"]
         assert row["iterations"] == 2 * 3 and len(row["curve"]) == 2  # 2 epochs of ceil(96 / 32) steps
-        assert set(row["curve"][0]) >= {"epoch", "wall_time", "val_elbo"}
+        assert set(row["curve"][0]) >= {"epoch", "wall_time", "val_elbo", "val_log_px"}
+        assert row["estimator"] == "exact" and row["stop_reason"] == "max_epochs" and not row["converged"]
         assert row["exact_log_likelihood"] is not None  # linear-Gaussian: exact, and that is the test number
         assert row["test_log_likelihood"] == row["exact_log_likelihood"] >= row["test_elbo"] - 1e-3
         assert row["extra"]["grad_variance_encoder"] > 0 and row["extra"]["grad_variance_decoder"] > 0
@@ -75,10 +108,12 @@ def test_compare_cli_end_to_end(tmp_path):
     assert by_name["iwae_k50"]["extra"]["inference"]["num_particles"] == 50
     assert by_name["renyi_half"]["extra"]["inference"]["alpha"] == 0.5
     table = (out / "comparison.md").read_text()
-    assert all(f"| {n} |" in table for n in names)
-    for plot in ("learning_curves_wall_time.png", "learning_curves_epoch.png", "final_bounds.png"):
-        assert (out / "plots" / plot).stat().st_size > 0
-    assert "comparison.json" in res.stdout
+    assert all(f"| {n} |" in table or f"| **{n}** †" in table for n in names)
+    for plot in report["plots"]:
+        assert (out / plot).stat().st_size > 0
+    assert len(report["plots"]) >= 3 and (out / "report.html").stat().st_size > 0
+    assert report["command"].startswith("pyro-vae compare --set data.name=synthetic")
+    assert "comparison.json" in res.stdout and "report.html" in res.stdout
 
 
 def test_compare_cli_bad_method_is_one_line_error(tmp_path):
@@ -89,7 +124,7 @@ def test_compare_cli_bad_method_is_one_line_error(tmp_path):
 
 def test_method_result_round_trips_to_a_dict():
     r = MethodResult("m", -1.0, -1.1, -0.9, None, -1.2, 1.0, 10.0, 3)
-    assert set(r.to_dict()) == ROW_FIELDS
+    assert set(r.to_dict()) == ROW_FIELDS and not r.converged
 
 
 def test_method_sets_are_validated_before_any_training(tmp_path):
@@ -116,17 +151,18 @@ def test_a_method_refused_before_training_leaves_no_output_folder(tmp_path):
 
 
 def test_an_svi_row_trains_on_the_loop_of_pyro_vae_train(tmp_path):
-    """The same config through `compare` (analytic_kl: the default inference, so the config as given) and
-    `pyro-vae train` (stop: epochs): one engine, seed, initialisation and data order, so the same validation and
-    training ELBO after every epoch, bit for bit, and the same number of steps."""
+    """The same config through `compare` (analytic_kl: the default inference, so the config as given; a fixed
+    budget) and `pyro-vae train` (stop: epochs): one engine, seed, initialisation and data order, so the same
+    training ELBO after every epoch, bit for bit, and the same number of steps. (compare validates on its
+    yardstick, train on the ELBO; validation draws from its own stream, so training does not see the difference.)"""
     cfg = validate_config({"data": {"name": "synthetic", "n": 120, "x_dim": 4}, "model": {"decoder": {"hidden": [8]}},
                            "guide": {"hidden": [8]}, "train": {"stop": "epochs", "epochs": 3, "batch_size": 32}})
-    report = compare(cfg, resolve_methods(["analytic_kl"]), Budget(epochs=3, eval_samples=5, grad_samples=2),
-                     tmp_path / "cmp", verbose=False)
+    report = compare(cfg, resolve_methods(["analytic_kl"]), Budget(stop="fixed", epochs=3, eval_samples=5,
+                                                                   grad_samples=2), tmp_path / "cmp", verbose=False)
     row = report["methods"][0]
     from pyro_vae import train_run
 
     run = train_run(cfg, tmp_path / "run", progress=False)
-    assert [c["val_elbo"] for c in row["curve"]] == [m["val_elbo"] for m in run.metrics]
+    assert [c["train_elbo"] for c in row["curve"]] == [m["train_elbo"] for m in run.metrics]
     assert row["train_elbo"] == run.metrics[-1]["train_elbo"] and row["iterations"] == run.summary["steps"] == 9
-    assert row["extra"]["engine"] == "fused" and row["extra"]["epochs"] == 3
+    assert row["extra"]["engine"] == "fused" and row["epochs"] == 3

@@ -202,3 +202,32 @@ def test_a_trainer_stops_on_its_own_training_clock():
     rows = trainer.fit()
     assert len(rows) == 1 and trainer.stop_rule.reason == "seconds" and not trainer.restored
     assert trainer.seconds == rows[0]["wall_time"] == rows[0]["seconds"] > 0
+
+
+def test_plateau_with_a_time_cap_stops_at_the_cap_and_is_not_converged():
+    """The caps are shared: a plateau rule given seconds stops at the first epoch end past them, reason
+    ``seconds``, ``capped`` (not the rule's own verdict), even when its last epochs happen to sit on a plateau."""
+    rule = Plateau(max_epochs=100, lr=1.0, patience=2, min_delta=0.0, factor=0.5, min_lr=0.1, seconds=3.0)
+    for epoch, (value, clock) in enumerate([(1.0, 1.0), (2.0, 2.0), (2.0, 2.9), (2.0, 3.1)], start=1):
+        assert not rule.stopped
+        rule.update(epoch, value, clock)
+    assert rule.reason == "seconds" and rule.capped and rule.epoch == 4 and rule.best_epoch == 2
+    assert rule.lr == 1.0  # no cut at the epoch that ended training
+    assert rule.describe() == "reached the cap of 3 s of training"
+    assert rule.summary()["seconds"] == 3.0
+    done = Plateau(max_epochs=100, lr=1.0, patience=1, min_delta=0.0, min_lr=1.0, seconds=100.0)
+    run(done, [1.0, 1.0])
+    assert done.reason == "plateau" and done.converged and not done.capped
+    with pytest.raises(ValueError):
+        Plateau(max_epochs=10, lr=1.0, seconds=-1.0)
+
+
+def test_a_known_plateau_stops_where_the_patience_says_and_keeps_the_best():
+    """A curve that rises to a known plateau, L_t = 1 - 2^-t for t <= 6 then flat at L_6 = 0.984375: with
+    min_delta 0.05 the epochs after t = 4 (gains 0.03, 0.016, then 0) never improve on L_4 + 0.05, so with
+    patience 3 and no cuts (min_lr = lr) training stops at epoch 4 + 3 = 7, keeping epoch 6 (the best)."""
+    rule = Plateau(max_epochs=50, lr=0.1, patience=3, min_delta=0.05, min_lr=0.1)
+    curve = [1 - 2.0 ** -min(t, 6) for t in range(1, 51)]
+    run(rule, curve)
+    assert rule.reason == "plateau" and rule.epoch == 7 and rule.converged and not rule.capped
+    assert rule.best_epoch == 6 and rule.best == pytest.approx(0.984375)
