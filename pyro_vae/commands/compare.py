@@ -23,6 +23,9 @@ The final table leads with test log p(x) (exact, else IWAE with --samples K). Wi
 a mean and spread across N seeds, and differences against --baseline (default: the first method) are paired
 by seed (mean and standard error).
 
+Step sizes: every method that takes one trains with optim.lr unless --lr-grid names values to choose from,
+per method, by the first seed's validation yardstick (the report says which was used).
+
 Writes OUT/comparison.json (every seed's row, the summary), OUT/comparison.md (the tables),
 OUT/report.html (self-contained: tables, plots, config, the command) and OUT/plots/ (the yardstick
 against epochs and wall time as nats below the best or exact value; final log p(x) per method and seed).
@@ -62,6 +65,9 @@ def add_arguments(p) -> None:
                         "seed's); numbers become mean and spread across seeds (default 1)")
     p.add_argument("--baseline", metavar="NAME", help="method the paired differences are taken against "
                                                       "(default: the first method)")
+    p.add_argument("--lr-grid", metavar="LR[,LR...]",
+                   help="choose optim.lr per method from these values by the validation yardstick of the first "
+                        "seed (every method that takes a step size; default: optim.lr for all, no search)")
     p.add_argument("--samples", type=int, default=1000, metavar="K", help="importance samples K of the test IWAE (default 1000)")
     p.add_argument("--yardstick-samples", type=int, default=100, metavar="K",
                    help="importance samples K of the yardstick, the validation IWAE every method is scored on "
@@ -72,6 +78,21 @@ def add_arguments(p) -> None:
                    help="repeated gradient evaluations behind the gradient variance (default 50)")
     p.add_argument("--out", help="output directory (default: runs/compare-<time>)")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier comparison in --out")
+
+
+def _lr_grid(text):
+    """``--lr-grid 1e-3,3e-3`` -> ``[0.001, 0.003]``; a one-line ConfigError on anything but positive numbers."""
+    from pyro_vae.errors import ConfigError
+
+    if text is None:
+        return []
+    try:
+        grid = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ConfigError(f"--lr-grid {text}: expected comma-separated step sizes, e.g. 1e-3,3e-3,1e-2") from None
+    if not grid or any(not (math.isfinite(v) and v > 0) for v in grid):
+        raise ConfigError(f"--lr-grid {text}: every step size must be a finite number > 0")
+    return list(dict.fromkeys(grid))
 
 
 def run(args) -> int:
@@ -87,6 +108,7 @@ def run(args) -> int:
                                ("--yardstick-points", args.yardstick_points, 0), ("--seeds", args.seeds, 0)):
         if value is not None and not (math.isfinite(value) and value > least):
             raise ConfigError(f"{flag} {value}: must be a finite number > {least}")
+    grid = _lr_grid(args.lr_grid)
     names = [n.strip() for n in args.methods.split(",") if n.strip()]
     methods = resolve_methods(names, args.method_sets)
     check_seeds(args.seeds, args.baseline, methods)
@@ -97,7 +119,7 @@ def run(args) -> int:
     out = Path(args.out) if args.out else Path("runs") / f"compare-{time.strftime('%Y%m%d-%H%M%S')}"
     command = "pyro-vae " + shlex.join(getattr(args, "_argv", ["compare"]))
     report = compare(cfg, methods, budget, out, overwrite=args.overwrite, seeds=args.seeds, baseline=args.baseline,
-                     command=command)
+                     command=command, lr_grid=grid)
     print((out / "comparison.md").read_text())
     print(f"comparison: {out / 'comparison.json'}")
     print(f"report:     {out / 'report.html'}")

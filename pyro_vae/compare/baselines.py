@@ -155,6 +155,9 @@ def variational_em(cfg: Config, data: Dataset, budget: Budget) -> MethodResult:
                "curve_val_elbo": "training ELBO per epoch (held-out points need an E-step)"})
 
 
+variational_em.tunes_lr = True  # its M-step (and E-step) Adam step sizes follow optim.lr: --lr-grid applies
+
+
 METHODS.register("svi", "Joint amortized SVI of the config as given (encoder and decoder together)")(svi_method([]))
 
 

@@ -94,14 +94,51 @@ def check_seeds(seeds: int, baseline: Optional[str], methods: Sequence[Tuple[str
         raise ConfigError(f"--baseline {baseline}: not one of the compared methods ({', '.join(names)})")
 
 
+def tunes_lr(method: Method) -> bool:
+    """Whether ``method`` trains with ``optim.lr`` (the SVI methods and variational EM), so a grid applies."""
+    return bool(getattr(method, "tunes_lr", False))
+
+
+def select_lr(name: str, method: Method, cfg: Config, data, budget: Budget, grid: Sequence[float],
+              say) -> Tuple[float, MethodResult, List[Dict[str, Any]]]:
+    """Train ``method`` with seed ``cfg.seed`` at each step size of ``grid`` and keep the one whose final
+    yardstick (validation log p(x), never the test split) is highest; returns it, its run and every candidate."""
+    candidates, runs = [], []
+    for lr in grid:
+        say(f"    {name}: optim.lr={lr:g}")
+        run = method(configure(cfg, [f"optim.lr={lr}"]), data, budget)
+        runs.append(run)
+        candidates.append({"lr": lr, "val_log_px": run.val_log_px, "converged": run.converged,
+                           "stop_reason": run.stop_reason, "seconds": run.seconds})
+    scores = [c["val_log_px"] if c["val_log_px"] is not None and math.isfinite(c["val_log_px"]) else -math.inf
+              for c in candidates]
+    best = max(range(len(grid)), key=lambda i: scores[i])
+    return grid[best], runs[best], candidates
+
+
+def _step_sizes(cfg: Config, methods: Sequence[Tuple[str, Method]], chosen: Dict[str, float],
+                grid: Sequence[float], selection: Dict[str, List[Dict[str, Any]]]) -> Dict[str, Any]:
+    tuned = [name for name, m in methods if tunes_lr(m)]
+    if not grid:
+        text = (f"optim.lr = {cfg.optim.lr:g} for every method that takes one ({', '.join(tuned) or 'none'}), "
+                "no per-method search; the plateau rule cuts it") if tuned else "no method takes optim.lr"
+    else:
+        picks = ", ".join(f"{name} {chosen[name]:g}" for name in tuned)
+        text = (f"chosen per method from the grid {', '.join(f'{v:g}' for v in grid)} by the validation yardstick "
+                f"of seed {cfg.seed}: {picks}")
+    return {"grid": list(grid), "chosen": chosen, "selection": selection, "description": text}
+
+
 def compare(cfg: Config, methods: List[Tuple[str, Method]], budget: Budget, out: Path,
             overwrite: bool = False, verbose: bool = True, seeds: int = 1, baseline: Optional[str] = None,
-            command: str = "") -> Dict[str, Any]:
+            command: str = "", lr_grid: Sequence[float] = ()) -> Dict[str, Any]:
     """Run each method with seeds ``cfg.seed, ..., cfg.seed + seeds - 1`` on the data of ``cfg`` and write
     ``out/comparison.{json,md}``, ``out/report.html`` and ``out/plots/``.
 
     The data split is ``cfg.seed``'s for every seed (a seed changes the initialisation and the minibatch order),
     so paired differences against ``baseline`` (default: the first method) compare methods on the same points.
+    With ``lr_grid``, every method that takes ``optim.lr`` first has its step size chosen by :func:`select_lr`
+    (its run at the chosen one is its first seed's row), then trains its other seeds at that step size.
     Every check that can refuse (the seeds and baseline, the config of each method, its model on this data,
     ``out``) runs first; ``out`` is written only once every run has finished, each file replaced whole."""
     from pyro_vae.build import build_vae, prepare
@@ -116,16 +153,31 @@ def compare(cfg: Config, methods: List[Tuple[str, Method]], budget: Budget, out:
                 method.check(cfg)
         except ConfigError as err:
             raise ConfigError(f"method '{name}': {err}") from None
+    if any(not (math.isfinite(lr) and lr > 0) for lr in lr_grid):
+        raise ConfigError(f"--lr-grid {','.join(map(str, lr_grid))}: every step size must be a finite number > 0")
     out = check_out(out, overwrite)
     rows: List[MethodResult] = []
     total = len(methods) * seeds
+    chosen: Dict[str, float] = {}
+    selection: Dict[str, List[Dict[str, Any]]] = {}
+
+    def say(message: str) -> None:
+        if verbose:
+            print(message, file=sys.stderr, flush=True)
+
     for name, method in methods:
+        base, first = cfg, None
+        if lr_grid and tunes_lr(method):
+            say(f"[{len(rows) + 1}/{total}] {name}: choosing optim.lr from {', '.join(f'{v:g}' for v in lr_grid)}")
+            lr, first, selection[name] = select_lr(name, method, cfg, data, budget, lr_grid, say)
+            base = configure(cfg, [f"optim.lr={lr}"])
+            say(f"    {name}: optim.lr={lr:g} (best validation log p(x))")
+        if tunes_lr(method):
+            chosen[name] = base.optim.lr
         for i in range(seeds):
-            seeded = cfg if i == 0 else configure(cfg, [f"seed={cfg.seed + i}"])
-            if verbose:
-                print(f"[{len(rows) + 1}/{total}] {name}" + (f" (seed {seeded.seed})" if seeds > 1 else ""),
-                      file=sys.stderr, flush=True)
-            result = method(seeded, data, budget)
+            seeded = base if i == 0 else configure(base, [f"seed={cfg.seed + i}"])
+            say(f"[{len(rows) + 1}/{total}] {name}" + (f" (seed {seeded.seed})" if seeds > 1 else ""))
+            result = first if i == 0 and first is not None else method(seeded, data, budget)
             result.name, result.seed = name, seeded.seed
             rows.append(result)
             if verbose:
@@ -141,6 +193,7 @@ def compare(cfg: Config, methods: List[Tuple[str, Method]], budget: Budget, out:
               "seeds": [cfg.seed + i for i in range(seeds)], "baseline": baseline or methods[0][0],
               "yardstick": {"estimator": ", ".join(estimators), "points": len(yardstick.points),
                             "samples": budget.yardstick_samples, "reference": reference, "reference_kind": kind},
+              "step_sizes": _step_sizes(cfg, methods, chosen, lr_grid, selection),
               "n_train": len(data.train), "n_val": len(data.val), "n_test": len(data.test),
               "methods": [r.to_dict() for r in rows]}
     report["summary"] = summarize(report["methods"], report["baseline"])

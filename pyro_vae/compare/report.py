@@ -103,6 +103,9 @@ def _header(report: Mapping[str, Any], names: Sequence[str]) -> List[str]:
               f"- **Yardstick:** {ys.get('estimator', 'n/a')} log p(x) on {ys.get('points', 'n/a')} validation points; "
               f"reference {fmt(ys.get('reference'))} nats per point ({ys.get('reference_kind', 'n/a')})",
               f"- **Test log p(x):** {test_est}"]
+    steps = report.get("step_sizes")
+    if steps:
+        lines.append(f"- **Step sizes:** {steps['description']}")
     if "n_train" in report:
         lines.append(f"- **Data:** {report['n_train']} train / {report.get('n_val', 0)} validation / "
                      f"{report.get('n_test', 0)} test points")

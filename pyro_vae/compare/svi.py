@@ -35,6 +35,7 @@ def svi_method(overrides: List[str]) -> Method:
         return train_svi(configure(cfg, overrides), data, budget, extra={"overrides": list(overrides)})
 
     method.overrides = list(overrides)  # lets a comparison validate every method before training any
+    method.tunes_lr = True  # it trains with optim.lr: --lr-grid applies
     return method
 
 

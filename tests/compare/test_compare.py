@@ -166,3 +166,56 @@ def test_an_svi_row_trains_on_the_loop_of_pyro_vae_train(tmp_path):
     assert [c["train_elbo"] for c in row["curve"]] == [m["train_elbo"] for m in run.metrics]
     assert row["train_elbo"] == run.metrics[-1]["train_elbo"] and row["iterations"] == run.summary["steps"] == 9
     assert row["extra"]["engine"] == "fused" and row["epochs"] == 3
+
+
+def test_seeds_give_every_method_a_spread_and_a_paired_difference(tmp_path):
+    """Two seeds of two methods on the same split: comparison.json keeps every seed's row, the summary's mean and
+    the paired difference are the hand-computed ones from those rows."""
+    cfg = validate_config(TINY)
+    report = compare(cfg, resolve_methods(["analytic_kl", "monte_carlo_kl"]),
+                     Budget(stop="fixed", epochs=2, eval_samples=5, grad_samples=2), tmp_path / "o", verbose=False,
+                     seeds=2, baseline="monte_carlo_kl")
+    rows = report["methods"]
+    assert [(r["name"], r["seed"]) for r in rows] == [("analytic_kl", 0), ("analytic_kl", 1),
+                                                      ("monte_carlo_kl", 0), ("monte_carlo_kl", 1)]
+    assert rows[0]["test_log_likelihood"] != rows[1]["test_log_likelihood"]  # the seed changes the run
+    summary = report["summary"]
+    assert summary["baseline"] == report["baseline"] == "monte_carlo_kl"
+    a = [r["test_log_likelihood"] for r in rows[:2]]
+    b = [r["test_log_likelihood"] for r in rows[2:]]
+    mean = summary["methods"][0]["test_log_likelihood"]
+    assert mean["mean"] == pytest.approx(sum(a) / 2) and mean["n"] == 2
+    diff = next(d for d in summary["differences"] if d["name"] == "analytic_kl" and d["metric"] == "test_log_likelihood")
+    d = [a[0] - b[0], a[1] - b[1]]
+    assert diff["mean"] == pytest.approx(sum(d) / 2)
+    assert diff["se"] == pytest.approx(abs(d[0] - d[1]) / 2)  # sd of two values |d0 - d1| / sqrt(2), over sqrt(2)
+    assert "Paired differences vs monte_carlo_kl" in (tmp_path / "o" / "comparison.md").read_text()
+
+
+def test_bad_seeds_baseline_or_grid_are_refused_before_anything_is_written(tmp_path):
+    cfg = validate_config(TINY)
+    methods = resolve_methods(["analytic_kl"])
+    for kwargs, match in (({"seeds": 0}, "--seeds 0"), ({"baseline": "em"}, "--baseline em: not one of"),
+                          ({"lr_grid": [0.01, -1.0]}, "--lr-grid")):
+        with pytest.raises(ConfigError, match=match):
+            compare(cfg, methods, Budget(epochs=1), tmp_path / "never", verbose=False, **kwargs)
+    assert not (tmp_path / "never").exists()
+    res = run_cli("compare", "--methods", "analytic_kl", "--lr-grid", "0.01,fast", "--out", tmp_path / "x")
+    assert res.returncode == 2 and res.stderr.strip().startswith("pyro-vae: error: --lr-grid 0.01,fast: expected")
+    assert not (tmp_path / "x").exists()
+
+
+def test_a_step_size_grid_is_searched_per_method_on_the_validation_yardstick(tmp_path):
+    """Each candidate step size trains seed 0; the one with the best final validation log p(x) is kept, and its
+    run is the method's first row (not trained twice)."""
+    cfg = validate_config(TINY)
+    report = compare(cfg, resolve_methods(["analytic_kl"]),
+                     Budget(stop="fixed", epochs=2, eval_samples=5, grad_samples=2), tmp_path / "o", verbose=False,
+                     lr_grid=[1e-4, 3e-2])
+    steps = report["step_sizes"]
+    candidates = steps["selection"]["analytic_kl"]
+    best = max(candidates, key=lambda c: c["val_log_px"])
+    assert [c["lr"] for c in candidates] == [1e-4, 3e-2] and steps["chosen"]["analytic_kl"] == best["lr"]
+    row = report["methods"][0]
+    assert row["extra"]["lr"] == best["lr"] and row["val_log_px"] == best["val_log_px"]
+    assert "chosen per method from the grid" in (tmp_path / "o" / "comparison.md").read_text()
