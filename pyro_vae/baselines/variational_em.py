@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from pyro_vae.baselines.history import History
-from pyro_vae.build import build_vae, seed_everything
+from pyro_vae.build import build_seeded
 from pyro_vae.components.networks import MIN_SCALE, positive_scale
 from pyro_vae.config import Config
 from pyro_vae.data import Dataset
@@ -196,8 +196,7 @@ def fit(cfg: Config, data: Dataset, *, amortized: bool, epochs: Optional[int] = 
                           f"step); use m_steps=1")
     if data.binarize == "dynamic":
         raise ConfigError("data.binarize: variational EM keeps one q per training point; use static, not dynamic")
-    seed_everything(cfg.seed)
-    vae = build_vae(cfg, data.x_dim, data.image_shape)
+    vae = build_seeded(cfg, data, torch.device("cpu"))  # as train builds it: a learned scale starts from the data
     x = data.train
     exact = is_linear_gaussian(cfg.model)
     local = LocalGuide(len(x), cfg.model.latent_dim) if not amortized else None

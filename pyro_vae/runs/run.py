@@ -61,6 +61,16 @@ def train_run(cfg: Config, out: Optional[str | Path] = None, overwrite: bool = F
     return finish(trainer, run, Path(out))
 
 
+def _trained_hash(state: Dict[str, Any]) -> Optional[str]:
+    """The hash of the config the checkpoint was trained with, as this version reads it: its stored config
+    re-validated, so a key added since (at its default) does not make an older run unresumable; the stored
+    hash when the stored config no longer validates (then it differs, and resume refuses)."""
+    try:
+        return validate(state["config"]).hash() if state.get("config") is not None else state.get("config_hash")
+    except UserError:
+        return state.get("config_hash")
+
+
 def resume_run(path: str | Path, progress: Optional[bool] = None) -> Optional[Run]:
     """Continue an interrupted run from its newest intact checkpoint, exactly as if it had never stopped,
     then write summary and plots; ``None`` if the run had already finished (nothing is touched).
@@ -72,7 +82,7 @@ def resume_run(path: str | Path, progress: Optional[bool] = None) -> Optional[Ru
     cfg = read_config(run)
     ctx = distributed.init(cfg.train.device)
     state = run.load_checkpoint(quiet=not ctx.is_main)
-    if state.get("config_hash") != cfg.hash():
+    if _trained_hash(state) != cfg.hash():
         raise RunDirError(f"{run.config}: differs from the config the checkpoint was trained with (hash "
                           f"{cfg.hash()} != {state.get('config_hash')}); restore it or start a new run with 'pyro-vae train'")
     finished = state.get("finished", False)

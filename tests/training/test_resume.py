@@ -271,3 +271,29 @@ def test_config_hash_survives_the_config_yaml_round_trip(lr, beta, clip, seed, h
                            "train": {"checkpoint_every_steps": every, "on_nonfinite": on_nonfinite}})
     again = validate_config(yaml.safe_load(dump(cfg)))
     assert again == cfg and again.hash() == cfg.hash()
+
+
+def test_a_run_from_before_a_key_was_added_still_resumes(tmp_path, tiny, capsys):
+    """A checkpoint written before a config key existed (here: the likelihood's scale_init, at its default)
+    holds a config without it and that config's hash; config.yaml lacks it too. Both read back with the
+    default filled in, so resume accepts the run and finishes it; an edited config.yaml is still refused."""
+    from pyro_vae.rundir import decode_checkpoint, encode_checkpoint
+
+    run = tmp_path / "old"
+    train_run(tiny("train.epochs=2", "train.stop=epochs", "model.likelihood.name=normal", "data.binarize=none"), run,
+              progress=False)
+    ckpt = run / "checkpoint.pt"
+    state = decode_checkpoint(ckpt.read_bytes())
+    del state["config"]["model"]["likelihood"]["scale_init"]
+    state["config_hash"], state["finished"] = "an older hash", False
+    ckpt.write_bytes(encode_checkpoint(state))
+    (run / "summary.json").unlink()
+    raw = yaml.safe_load((run / "config.yaml").read_text())
+    del raw["model"]["likelihood"]["scale_init"]
+    (run / "config.yaml").write_text(yaml.safe_dump(raw))
+    assert main(["resume", str(run), "--no-progress"]) == 0 and (run / "summary.json").is_file()
+    raw["optim"]["lr"] = 0.5
+    (run / "config.yaml").write_text(yaml.safe_dump(raw))
+    capsys.readouterr()
+    assert main(["resume", str(run), "--no-progress"]) == 2
+    assert "differs from the config the checkpoint was trained with" in capsys.readouterr().err
