@@ -21,7 +21,7 @@ The yardstick: while it trains, every method is scored on the same estimator of 
 linear-Gaussian model, else IWAE with --yardstick-samples K) on --yardstick-points fixed validation points.
 The final table leads with test log p(x) (exact, else IWAE with --samples K). With --seeds N every number is
 a mean and spread across N seeds, and differences against --baseline (default: the first method) are paired
-by seed (mean and standard error).
+by seed (mean and standard error). --jobs J trains J runs at a time in worker processes.
 
 Step sizes: every method that takes one trains with optim.lr unless --lr-grid names values to choose from,
 per method, by the first seed's validation yardstick (the report says which was used).
@@ -63,6 +63,9 @@ def add_arguments(p) -> None:
     p.add_argument("--seeds", type=int, default=1, metavar="N",
                    help="train every method with N seeds (config seed, +1, ...; the data split stays the config "
                         "seed's); numbers become mean and spread across seeds (default 1)")
+    p.add_argument("--jobs", type=int, default=1, metavar="J",
+                   help="train up to J (method, seed) runs at once in worker processes, each with cores/J torch "
+                        "threads (default 1: one at a time, so seconds and examples/s are single-run speeds)")
     p.add_argument("--baseline", metavar="NAME", help="method the paired differences are taken against "
                                                       "(default: the first method)")
     p.add_argument("--lr-grid", metavar="LR[,LR...]",
@@ -105,7 +108,8 @@ def run(args) -> int:
     for flag, value, least in (("--epochs", args.epochs, 0), ("--seconds", args.seconds, 0),
                                ("--samples", args.samples, 0), ("--grad-samples", args.grad_samples, 1),
                                ("--yardstick-samples", args.yardstick_samples, 0),
-                               ("--yardstick-points", args.yardstick_points, 0), ("--seeds", args.seeds, 0)):
+                               ("--yardstick-points", args.yardstick_points, 0), ("--seeds", args.seeds, 0),
+                               ("--jobs", args.jobs, 0)):
         if value is not None and not (math.isfinite(value) and value > least):
             raise ConfigError(f"{flag} {value}: must be a finite number > {least}")
     grid = _lr_grid(args.lr_grid)
@@ -119,7 +123,7 @@ def run(args) -> int:
     out = Path(args.out) if args.out else Path("runs") / f"compare-{time.strftime('%Y%m%d-%H%M%S')}"
     command = "pyro-vae " + shlex.join(getattr(args, "_argv", ["compare"]))
     report = compare(cfg, methods, budget, out, overwrite=args.overwrite, seeds=args.seeds, baseline=args.baseline,
-                     command=command, lr_grid=grid)
+                     command=command, lr_grid=grid, jobs=args.jobs)
     print((out / "comparison.md").read_text())
     print(f"comparison: {out / 'comparison.json'}")
     print(f"report:     {out / 'report.html'}")

@@ -1,7 +1,11 @@
 """Evaluate a trained run: ELBOs, IWAE log-likelihood, exact log p(x) when linear-Gaussian, KL to the posterior, gaps.
 
-Prints a table and writes DIR/evaluation.json. All numbers are nats per data point (mean over the
-split +- standard error). log_likelihood is exact only for a linear decoder with a Normal prior and
+Prints a table and writes DIR/evaluation.json. All numbers are nats per data point: the mean over the
+split +- se, the standard error over the points (test-set sampling), and [mc +- mc_se], the Monte Carlo
+error of the estimate on these points (another --seed; 0 for closed forms). "paired differences" are
+per-point differences on the same points (iwae - elbo; log p(x) - iwae and log p(x) - elbo when exact),
+whose se is what tells two estimates apart: unpaired +- intervals overlap when the difference is clear.
+log_likelihood is exact only for a linear decoder with a Normal prior and
 Normal likelihood (x ~ N(b, W W^T + sigma^2 I)); otherwise the IWAE bound with K samples is the
 best estimate, and kl_to_true_posterior is the estimate iwae - elbo. --gaps adds Cremer et al.'s
 (2018) approximation and amortization gaps from a per-point guide refined by Adam.
@@ -45,12 +49,18 @@ def run(args) -> int:
 def _row(name: str, s, note: str = "") -> str:
     if s is None:
         return f"  {name:<24} {'n/a':>12}"
-    return f"  {name:<24} {s['mean']:12.4f} +- {s['se']:.4f}  {note}".rstrip()
+    mc = f"  [mc +- {s['mc_se']:.4f}]" if "mc_se" in s else ""
+    return f"  {name:<24} {s['mean']:12.4f} +- {s['se']:.4f}{mc}  {note}".rstrip()
+
+
+PAIRED = (("iwae_minus_elbo", "iwae - elbo"), ("exact_minus_iwae", "log p(x) - iwae"),
+          ("exact_minus_elbo", "log p(x) - elbo"))
 
 
 def table(r) -> str:
     kl_note = "exact" if r["kl_to_true_posterior"]["exact"] else r["kl_to_true_posterior"].get("what", "estimate")
-    lines = [f"{r['run']}: {r['split']} split, {r['n']} points, nats per point (mean +- standard error)",
+    lines = [f"{r['run']}: {r['split']} split, {r['n']} points, nats per point",
+             "  mean +- se over the test points (test-set sampling) [mc +- Monte Carlo error on these points]",
              _row("elbo", r["elbo"], f"(KL {r['elbo']['kl']})"),
              _row("elbo_monte_carlo", r["elbo_monte_carlo"], "(KL monte_carlo)"),
              _row("iwae", r["iwae"], f"(K = {r['samples']})"),
@@ -58,6 +68,10 @@ def table(r) -> str:
              _row("kl_to_true_posterior", r["kl_to_true_posterior"], f"({kl_note})")]
     if r["identity_residual"] is not None:
         lines.append(_row("identity_residual", r["identity_residual"], "(log p(x) - ELBO - KL; ~0 within its SE)"))
+    paired = r.get("paired") or {}
+    if paired:
+        lines += ["  paired differences (same points): mean +- se of the per-point difference [mc +- Monte Carlo]"]
+        lines += [_row(label, paired[key]) for key, label in PAIRED if key in paired]
     if r["gaps"] is not None:
         g = r["gaps"]
         lines += [_row("optimal per-point elbo", g["optimal_elbo"], f"({g['steps']} Adam steps)"),

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from pyro_vae.compare.html import html_report
+from pyro_vae.compare.jobs import Run, run_all, spec
 from pyro_vae.compare.methods import METHODS, Budget, Method, MethodResult, configure  # noqa: E402
 from pyro_vae.compare.report import fmt, markdown, write_plots
 from pyro_vae.compare.seeds import summarize
@@ -94,6 +95,22 @@ def check_seeds(seeds: int, baseline: Optional[str], methods: Sequence[Tuple[str
         raise ConfigError(f"--baseline {baseline}: not one of the compared methods ({', '.join(names)})")
 
 
+class _Local:
+    """A run in this process: the method object itself (it may be one no worker could rebuild)."""
+
+    def __init__(self, name: str, cfg: Config, method: Method):
+        self.name, self.cfg, self.method = name, cfg, method
+
+    def __call__(self, data, budget: Budget) -> MethodResult:
+        result = self.method(self.cfg, data, budget)
+        result.name, result.seed = self.name, self.cfg.seed
+        return result
+
+
+def _seed_of(run) -> int:
+    return run.cfg.seed if isinstance(run, _Local) else run.config["seed"]
+
+
 def tunes_lr(method: Method) -> bool:
     """Whether ``method`` trains with ``optim.lr`` (the SVI methods and variational EM), so a grid applies."""
     return bool(getattr(method, "tunes_lr", False))
@@ -131,7 +148,7 @@ def _step_sizes(cfg: Config, methods: Sequence[Tuple[str, Method]], chosen: Dict
 
 def compare(cfg: Config, methods: List[Tuple[str, Method]], budget: Budget, out: Path,
             overwrite: bool = False, verbose: bool = True, seeds: int = 1, baseline: Optional[str] = None,
-            command: str = "", lr_grid: Sequence[float] = ()) -> Dict[str, Any]:
+            command: str = "", lr_grid: Sequence[float] = (), jobs: int = 1) -> Dict[str, Any]:
     """Run each method with seeds ``cfg.seed, ..., cfg.seed + seeds - 1`` on the data of ``cfg`` and write
     ``out/comparison.{json,md}``, ``out/report.html`` and ``out/plots/``.
 
@@ -139,6 +156,7 @@ def compare(cfg: Config, methods: List[Tuple[str, Method]], budget: Budget, out:
     so paired differences against ``baseline`` (default: the first method) compare methods on the same points.
     With ``lr_grid``, every method that takes ``optim.lr`` first has its step size chosen by :func:`select_lr`
     (its run at the chosen one is its first seed's row), then trains its other seeds at that step size.
+    ``jobs > 1`` runs the (method, seed) trainings in that many worker processes (:mod:`.jobs`).
     Every check that can refuse (the seeds and baseline, the config of each method, its model on this data,
     ``out``) runs first; ``out`` is written only once every run has finished, each file replaced whole."""
     from pyro_vae.build import build_vae, prepare
@@ -155,9 +173,10 @@ def compare(cfg: Config, methods: List[Tuple[str, Method]], budget: Budget, out:
             raise ConfigError(f"method '{name}': {err}") from None
     if any(not (math.isfinite(lr) and lr > 0) for lr in lr_grid):
         raise ConfigError(f"--lr-grid {','.join(map(str, lr_grid))}: every step size must be a finite number > 0")
+    if not (isinstance(jobs, int) and jobs >= 1):
+        raise ConfigError(f"--jobs {jobs}: must be a whole number >= 1")
+    specs = {name: spec(name, method) for name, method in methods} if jobs > 1 else {}
     out = check_out(out, overwrite)
-    rows: List[MethodResult] = []
-    total = len(methods) * seeds
     chosen: Dict[str, float] = {}
     selection: Dict[str, List[Dict[str, Any]]] = {}
 
@@ -165,25 +184,41 @@ def compare(cfg: Config, methods: List[Tuple[str, Method]], budget: Budget, out:
         if verbose:
             print(message, file=sys.stderr, flush=True)
 
+    runs: List[Run] = []
+    first: Dict[int, MethodResult] = {}  # run index -> the step-size search's run that is that row
     for name, method in methods:
-        base, first = cfg, None
+        base = cfg
         if lr_grid and tunes_lr(method):
-            say(f"[{len(rows) + 1}/{total}] {name}: choosing optim.lr from {', '.join(f'{v:g}' for v in lr_grid)}")
-            lr, first, selection[name] = select_lr(name, method, cfg, data, budget, lr_grid, say)
+            say(f"{name}: choosing optim.lr from {', '.join(f'{v:g}' for v in lr_grid)}")
+            lr, best, selection[name] = select_lr(name, method, cfg, data, budget, lr_grid, say)
             base = configure(cfg, [f"optim.lr={lr}"])
+            best.name, best.seed = name, cfg.seed
+            first[len(runs)] = best
             say(f"    {name}: optim.lr={lr:g} (best validation log p(x))")
         if tunes_lr(method):
             chosen[name] = base.optim.lr
         for i in range(seeds):
             seeded = base if i == 0 else configure(base, [f"seed={cfg.seed + i}"])
-            say(f"[{len(rows) + 1}/{total}] {name}" + (f" (seed {seeded.seed})" if seeds > 1 else ""))
-            result = first if i == 0 and first is not None else method(seeded, data, budget)
-            result.name, result.seed = name, seeded.seed
-            rows.append(result)
-            if verbose:
-                state = "converged" if result.converged else f"NOT converged: {result.stop_detail}"
-                print(f"    test log p(x) {fmt(result.test_log_likelihood)} ({result.estimator})  "
-                      f"{result.epochs} epochs, {result.seconds:.1f} s, {state}", file=sys.stderr, flush=True)
+            runs.append(Run(name, seeded.to_dict(), specs.get(name)) if jobs > 1 else _Local(name, seeded, method))
+    todo = [i for i in range(len(runs)) if i not in first]
+    finished = [0]
+
+    def started(k: int) -> None:
+        run = runs[todo[k]]
+        say(f"[{k + 1}/{len(todo)}] {run.name}" + (f" (seed {_seed_of(run)})" if seeds > 1 else ""))
+
+    def done(k: int, result: MethodResult) -> None:
+        finished[0] += 1
+        state = "converged" if result.converged else f"NOT converged: {result.stop_detail}"
+        head = f"    [{finished[0]}/{len(todo)} done] {result.name}" if jobs > 1 else "   "
+        say(head + (f" seed {result.seed}:" if jobs > 1 and seeds > 1 else "")
+            + f" test log p(x) {fmt(result.test_log_likelihood)} ({result.estimator}), {result.epochs} epochs, "
+              f"{result.seconds:.1f} s, {state}")
+
+    if jobs > 1 and todo:
+        say(f"training {len(todo)} runs in {min(jobs, len(todo))} processes")
+    trained = dict(zip(todo, run_all([runs[i] for i in todo], data, budget, jobs, done, started)))
+    rows = [first[i] if i in first else trained[i] for i in range(len(runs))]
     reference, kind = yardstick_reference(rows)
     yardstick = budget.yardstick(data)
     estimators = sorted({r.extra.get("yardstick", "exact" if r.estimator == "exact" else
@@ -194,7 +229,7 @@ def compare(cfg: Config, methods: List[Tuple[str, Method]], budget: Budget, out:
               "yardstick": {"estimator": ", ".join(estimators), "points": len(yardstick.points),
                             "samples": budget.yardstick_samples, "reference": reference, "reference_kind": kind},
               "step_sizes": _step_sizes(cfg, methods, chosen, lr_grid, selection),
-              "n_train": len(data.train), "n_val": len(data.val), "n_test": len(data.test),
+              "n_train": len(data.train), "n_val": len(data.val), "n_test": len(data.test), "jobs": jobs,
               "methods": [r.to_dict() for r in rows]}
     report["summary"] = summarize(report["methods"], report["baseline"])
     (out / "plots").mkdir(parents=True, exist_ok=True)

@@ -103,6 +103,9 @@ def _header(report: Mapping[str, Any], names: Sequence[str]) -> List[str]:
               f"- **Yardstick:** {ys.get('estimator', 'n/a')} log p(x) on {ys.get('points', 'n/a')} validation points; "
               f"reference {fmt(ys.get('reference'))} nats per point ({ys.get('reference_kind', 'n/a')})",
               f"- **Test log p(x):** {test_est}"]
+    if report.get("jobs", 1) > 1:
+        lines.append(f"- **Runs:** {report['jobs']} at a time in worker processes: seconds and examples/s are "
+                     "those of runs sharing the machine's cores")
     steps = report.get("step_sizes")
     if steps:
         lines.append(f"- **Step sizes:** {steps['description']}")

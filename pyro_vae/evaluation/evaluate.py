@@ -22,22 +22,28 @@ from __future__ import annotations
 import math
 import sys
 import time
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import pyro.distributions as dist
 import torch
 from pyro.distributions.kl import kl_divergence
 from tqdm.auto import tqdm
 
-from pyro_vae.evaluation.bounds import elbo_terms, unit_kl_weight
+from pyro_vae.evaluation.bounds import elbo_terms, log_weights, unit_kl_weight
 from pyro_vae.evaluation.gaps import refine_guide
-from pyro_vae.evaluation.iwae import iwae
+from pyro_vae.evaluation.iwae import TRACED_CHUNK_ELEMENTS, chunk_size, chunked_iwae, fused_log_weights, stock_vae
 from pyro_vae.evaluation.linear_gaussian import as_gaussian, linear_gaussian, marginal, posterior_distribution
 from pyro_vae.inference.kl import ANALYTIC, MONTE_CARLO, analytic_kl
+from pyro_vae.inference.objectives import unsupported_reason
 from pyro_vae.model import VAE
 
 ACTIVE_UNIT_THRESHOLD = 1e-2  # Burda et al. (2016): unit d is active if Cov_x(E_q[z_d]) > 0.01
 ELBO_PARTICLES = 16  # z draws per point behind each ELBO estimate
+ERROR_BARS = {  # what the two errors of every estimate mean, written into evaluation.json
+    "se": "standard error of the mean over the test points (test-set sampling; includes per-point Monte Carlo noise)",
+    "mc_se": "Monte Carlo standard error of the estimate given these test points (other z draws); 0: closed form",
+    "paired": "per-point differences on the same points: mean, se over the points, mc_se",
+}
 
 
 # -- diagnostics of the latent space ----------------------------------------------------------------
@@ -60,18 +66,112 @@ def kl_per_dimension(q: dist.Distribution, p: dist.Distribution, num_samples: in
     return (q_base.log_prob(z) - p_base.log_prob(z)).mean(0)
 
 
-def stat(values: torch.Tensor) -> Dict[str, float]:
-    """Mean over data points and its standard error."""
+def stat(values: torch.Tensor, variance: Optional[torch.Tensor] = None) -> Dict[str, float]:
+    """Mean over data points and its standard error over the points (``se``: test-set sampling).
+
+    With ``variance`` ``(n,)``, the Monte Carlo variance of each point's estimate, also ``mc_se``
+    (:func:`mc_se`): the Monte Carlo error of the mean given these points.
+    """
     values = values.double()
     n = values.numel()
     se = float(values.std(unbiased=True) / math.sqrt(n)) if n > 1 else math.nan
-    return {"mean": float(values.mean()), "se": se}
+    out = {"mean": float(values.mean()), "se": se}
+    if variance is not None:
+        out["mc_se"] = mc_se(variance)
+    return out
+
+
+def mc_se(variance: torch.Tensor) -> float:
+    r"""Monte Carlo standard error of the mean of N independent per-point estimates with variances ``Var_n``:
+
+    .. math:: \mathrm{mc\_se} = \frac{1}{N} \sqrt{\textstyle\sum_n \mathrm{Var}_n}.
+
+    NaN where a ``Var_n`` is (not estimable, e.g. IWAE with K = 1); 0 for closed forms.
+    """
+    variance = variance.double()
+    return float(variance.sum().clamp_min(0).sqrt() / variance.numel())
+
+
+# -- per-point estimates with their Monte Carlo variance --------------------------------------------
+def elbo_draws(model: Callable, guide: Callable, x: torch.Tensor, num_particles: int,
+               kl: str = ANALYTIC) -> Tuple[torch.Tensor, str]:
+    """The ``num_particles`` single-particle ELBO values per point, ``(num_particles, batch)``, and the KL used.
+
+    :func:`pyro_vae.evaluation.bounds.elbo_terms` with one particle on ``num_particles`` stacked copies
+    of ``x``: the same estimator (its mean over dim 0 is ``elbo_terms(..., num_particles, kl)`` in
+    distribution), with each particle's value kept for the variance. The encoder runs once per copy,
+    so ``model`` and ``guide`` must treat rows independently (the VAE's own do; a per-point refined
+    guide does not).
+    """
+    stacked = x.repeat(num_particles, *([1] * (x.dim() - 1)))
+    values, used = elbo_terms(model, guide, stacked, 1, kl)
+    return values.view(num_particles, x.shape[0]), used
+
+
+def elbo_with_variance(model: Callable, guide: Callable, x: torch.Tensor, num_particles: int,
+                       kl: str = ANALYTIC) -> Tuple[torch.Tensor, torch.Tensor, str]:
+    """Per-point ELBO (mean of :func:`elbo_draws`), its Monte Carlo variance ``s_n^2 / S`` (the unbiased
+    sample variance of the S particle values over S), and the KL estimator used."""
+    draws, used = elbo_draws(model, guide, x, num_particles, kl)
+    variance = draws.var(0, unbiased=True) / num_particles if num_particles > 1 else torch.full_like(draws[0], math.nan)
+    return draws.mean(0), variance, used
+
+
+def iwae_with_variance(model: Callable, guide: Callable, x: torch.Tensor, num_samples: int, width: int,
+                       bar=None) -> Tuple[torch.Tensor, torch.Tensor]:
+    r"""Per-point IWAE bound ``log (1/K) sum_k w_k`` and its delta-method Monte Carlo variance, both ``(batch,)``.
+
+    The bound is :func:`pyro_vae.evaluation.iwae.iwae`'s (engine ``auto``: the same path, chunks and
+    draws for the same seed); the callable feeding :func:`chunked_iwae` also merges
+    :math:`\log \sum_k w_k^2` by a running log-sum-exp, so there is no second pass. With the
+    normalized weights :math:`\tilde w_k = w_k / \sum_j w_j` (in log space),
+
+    .. math:: \mathrm{Var}\Big[\log \frac1K \sum_k w_k\Big] \approx \frac{\mathrm{Var}(w)}{K\, \mathrm{E}[w]^2}
+              \approx \frac{K \sum_k \tilde w_k^2 - 1}{K - 1},
+
+    the sample variance of w (over K - 1) over the squared sample mean, over K. First order in
+    1/K: trustworthy when the effective sample size ``1 / sum_k w~_k^2`` is large, an underestimate
+    when the weights are heavy-tailed. NaN for K = 1.
+    """
+    vae = stock_vae(model, guide)
+    if vae is not None and unsupported_reason(vae, None, x) is None:  # the fused path, as iwae() takes it
+        q, prior = vae.encoder(x), vae.prior()
+        chunk = chunk_size(x.shape[0], width)
+
+        def draw(k: int) -> torch.Tensor:
+            return fused_log_weights(vae, x, k, q, prior)
+    else:
+        chunk = chunk_size(x.shape[0], width, TRACED_CHUNK_ELEMENTS)
+
+        def draw(k: int) -> torch.Tensor:
+            return log_weights(model, guide, x, k)
+
+    squares: list = []  # running log sum_k w_k^2, float64
+
+    def log_weights_of(k: int) -> torch.Tensor:
+        log_w = draw(k)
+        chunk_lse = torch.logsumexp(2 * log_w.double(), dim=0)
+        squares[:] = [chunk_lse if not squares else torch.logaddexp(squares[0], chunk_lse)]
+        return log_w
+
+    bound = chunked_iwae(log_weights_of, num_samples, chunk, bar)
+    if num_samples == 1:
+        return bound, torch.full_like(bound, math.nan)
+    log_sum = bound.double() + math.log(num_samples)
+    sum_sq = (squares[0] - 2 * log_sum).exp()  # sum_k w~_k^2, in [1/K, 1]
+    return bound, ((num_samples * sum_sq - 1) / (num_samples - 1)).clamp_min(0)
 
 
 # -- the whole evaluation -------------------------------------------------------------------------
 def evaluate_points(vae: VAE, x: torch.Tensor, samples: int = 1000, batch_size: int = 256, gaps: bool = False,
                     gap_steps: int = 300, progress: bool = False) -> Dict[str, Any]:
     """Every number of ``pyro-vae evaluate`` for the rows of ``x`` ``(n, x_dim)``; see the module docstring.
+
+    Each estimate is ``{"mean", "se", "mc_se", ...}``: ``se`` over the test points (test-set sampling),
+    ``mc_se`` the Monte Carlo error given these points (ELBO: per-point particle variance / S; IWAE:
+    delta method, :func:`iwae_with_variance`; closed forms: 0). ``paired`` holds per-point differences
+    on the same points and draws, ``{"mean", "se", "mc_se"}``: ``iwae_minus_elbo`` always,
+    ``exact_minus_iwae`` and ``exact_minus_elbo`` when log p(x) is exact (``log_likelihood`` not None).
 
     With ``gaps`` (Cremer et al. 2018), q* is the best per-point Gaussian (:func:`refine_guide`):
     approximation gap = log p(x) - ELBO(q*), amortization gap = ELBO(q*) - ELBO(q(z|x)). Without
@@ -82,7 +182,8 @@ def evaluate_points(vae: VAE, x: torch.Tensor, samples: int = 1000, batch_size: 
     start = time.perf_counter()
     exact = linear_gaussian(vae)
     n = x.shape[0]
-    per_point = {k: [] for k in ("elbo", "elbo_mc", "iwae", "log_p", "kl_post", "kl_dims", "q_mean", "gap_elbo", "gap_iwae")}
+    per_point = {k: [] for k in ("elbo", "elbo_var", "elbo_mc", "elbo_mc_var", "iwae", "iwae_var", "log_p", "kl_post",
+                                 "kl_dims", "q_mean", "gap_elbo", "gap_iwae", "gap_iwae_var")}
     kl_used = ANALYTIC
     width = max([x.shape[-1]] + [m.out_features for m in vae.modules() if isinstance(m, torch.nn.Linear)])
     total = n * (samples + ((gap_steps + (samples if exact is None else 0)) if gaps else 0))
@@ -92,11 +193,14 @@ def evaluate_points(vae: VAE, x: torch.Tensor, samples: int = 1000, batch_size: 
         with unit_kl_weight(vae):
             for xb in x.split(batch_size):
                 with torch.no_grad():
-                    elbo, used = elbo_terms(vae.model, vae.guide, xb, ELBO_PARTICLES, ANALYTIC)
-                    kl_used = used if used == MONTE_CARLO else kl_used
-                    per_point["elbo"].append(elbo)
-                    per_point["elbo_mc"].append(elbo_terms(vae.model, vae.guide, xb, ELBO_PARTICLES, MONTE_CARLO)[0])
-                    per_point["iwae"].append(iwae(vae.model, vae.guide, xb, samples, width, bar))
+                    for key, kl in (("elbo", ANALYTIC), ("elbo_mc", MONTE_CARLO)):
+                        elbo, var, used = elbo_with_variance(vae.model, vae.guide, xb, ELBO_PARTICLES, kl)
+                        kl_used = used if key == "elbo" and used == MONTE_CARLO else kl_used
+                        per_point[key].append(elbo)
+                        per_point[key + "_var"].append(var)
+                    bound, var = iwae_with_variance(vae.model, vae.guide, xb, samples, width, bar)
+                    per_point["iwae"].append(bound)
+                    per_point["iwae_var"].append(var)
                     q, p = vae.encoder(xb), vae.prior()
                     per_point["q_mean"].append(q.mean)
                     per_point["kl_dims"].append(kl_per_dimension(q, p))
@@ -111,30 +215,41 @@ def evaluate_points(vae: VAE, x: torch.Tensor, samples: int = 1000, batch_size: 
                     with torch.no_grad():
                         per_point["gap_elbo"].append(elbo_terms(vae.model, guide, xb, ELBO_PARTICLES, ANALYTIC)[0])
                         if exact is None:  # q* is a better proposal than the encoder: a tighter log p(x) bound
-                            per_point["gap_iwae"].append(iwae(vae.model, guide, xb, samples, width, bar))
+                            bound, var = iwae_with_variance(vae.model, guide, xb, samples, width, bar)
+                            per_point["gap_iwae"].append(bound)
+                            per_point["gap_iwae_var"].append(var)
     finally:
         bar.close()
     cat = {k: torch.cat(v) for k, v in per_point.items() if v and all(t is not None for t in v)}
-    out: Dict[str, Any] = {"n": n, "samples": samples}
-    out["elbo"] = {**stat(cat["elbo"]), "kl": kl_used, "particles": ELBO_PARTICLES}
-    out["elbo_monte_carlo"] = {**stat(cat["elbo_mc"]), "kl": MONTE_CARLO, "particles": ELBO_PARTICLES}
-    out["iwae"] = {**stat(cat["iwae"]), "samples": samples}
+    exact_zero = torch.zeros(n, dtype=torch.float64)  # closed forms: no Monte Carlo error
+    v_elbo, v_iwae = cat["elbo_var"], cat["iwae_var"]
+    out: Dict[str, Any] = {"n": n, "samples": samples, "error_bars": dict(ERROR_BARS)}
+    out["elbo"] = {**stat(cat["elbo"], v_elbo), "kl": kl_used, "particles": ELBO_PARTICLES}
+    out["elbo_monte_carlo"] = {**stat(cat["elbo_mc"], cat["elbo_mc_var"]), "kl": MONTE_CARLO,
+                               "particles": ELBO_PARTICLES}
+    out["iwae"] = {**stat(cat["iwae"], v_iwae), "samples": samples}
     if "log_p" in cat:
-        out["log_likelihood"] = {**stat(cat["log_p"]), "exact": True}
+        out["log_likelihood"] = {**stat(cat["log_p"], exact_zero), "exact": True}
     else:
         out["log_likelihood"] = None
     if "kl_post" in cat:
-        out["kl_to_true_posterior"] = {**stat(cat["kl_post"]), "exact": True}
-        out["identity_residual"] = {**stat(cat["log_p"] - cat["elbo"] - cat["kl_post"]),
+        out["kl_to_true_posterior"] = {**stat(cat["kl_post"], exact_zero), "exact": True}
+        out["identity_residual"] = {**stat(cat["log_p"] - cat["elbo"] - cat["kl_post"], v_elbo),
                                     "what": "log p(x) - ELBO - KL(q(z|x) || p(z|x))"}
     elif "log_p" in cat:
-        out["kl_to_true_posterior"] = {**stat(cat["log_p"] - cat["elbo"]), "exact": False,
+        out["kl_to_true_posterior"] = {**stat(cat["log_p"] - cat["elbo"], v_elbo), "exact": False,
                                        "what": "log p(x) - ELBO (q is not Gaussian)"}
         out["identity_residual"] = None
     else:
-        out["kl_to_true_posterior"] = {**stat(cat["iwae"] - cat["elbo"]), "exact": False,
-                                       "what": "estimate: iwae - elbo (a lower bound, up to MC error, as iwae <= log p(x))"}
+        out["kl_to_true_posterior"] = {
+            **stat(cat["iwae"] - cat["elbo"], v_iwae + v_elbo), "exact": False,
+            "what": "estimate: iwae - elbo (a lower bound, up to MC error, as iwae <= log p(x))"}
         out["identity_residual"] = None
+    # the IWAE and the ELBO take independent draws: the Monte Carlo variances of a difference add
+    out["paired"] = {"iwae_minus_elbo": stat(cat["iwae"] - cat["elbo"], v_iwae + v_elbo)}
+    if "log_p" in cat:
+        out["paired"]["exact_minus_iwae"] = stat(cat["log_p"] - cat["iwae"], v_iwae)
+        out["paired"]["exact_minus_elbo"] = stat(cat["log_p"] - cat["elbo"], v_elbo)
     if "kl_dims" in cat:
         out["kl_per_dimension"] = [float(v) for v in cat["kl_dims"].mean(0)]
     else:
@@ -148,9 +263,11 @@ def evaluate_points(vae: VAE, x: torch.Tensor, samples: int = 1000, batch_size: 
         reference = cat["log_p"] if "log_p" in cat else cat["gap_iwae"]
         out["gaps"] = {
             "optimal_elbo": stat(cat["gap_elbo"]),
-            "iwae_optimal_proposal": None if "log_p" in cat else {**stat(cat["gap_iwae"]), "samples": samples},
-            "approximation_gap": {**stat(reference - cat["gap_elbo"]),
-                                  "log_p": "exact" if "log_p" in cat else "iwae with the refined per-point q as proposal"},
+            "iwae_optimal_proposal": None if "log_p" in cat else {**stat(cat["gap_iwae"], cat["gap_iwae_var"]),
+                                                                  "samples": samples},
+            "approximation_gap": {
+                **stat(reference - cat["gap_elbo"]),
+                "log_p": "exact" if "log_p" in cat else "iwae with the refined per-point q as proposal"},
             "amortization_gap": stat(cat["gap_elbo"] - cat["elbo"]),
             "steps": gap_steps,
         }

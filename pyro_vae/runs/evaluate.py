@@ -16,7 +16,13 @@ from pyro_vae.runs.run import load_run
 
 def evaluate_run(path: str | Path, split: str = "test", samples: int = 1000, batch_size: int = 256,
                  gaps: bool = False, gap_steps: int = 300, progress: bool = False, seed: int = 0) -> Dict[str, Any]:
-    """Evaluate the run in ``path`` on ``split`` and write ``path/evaluation.json`` atomically."""
+    """Evaluate the run in ``path`` on ``split`` and write ``path/evaluation.json`` atomically.
+
+    Each estimate carries ``se`` (over the split's points: test-set sampling) and ``mc_se`` (Monte Carlo
+    error of the estimate on these points, the one ``seed`` moves); ``paired`` holds per-point differences
+    (``iwae_minus_elbo``; ``exact_minus_iwae``, ``exact_minus_elbo`` when log p(x) is exact) and
+    ``error_bars`` says what each error means.
+    """
     RunDir.existing(path).check_writable("evaluate writes evaluation.json into the run directory")
     run = load_run(path)
     x = run.data.split(split)

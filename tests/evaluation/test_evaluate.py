@@ -12,6 +12,7 @@ from pyro_vae import build_vae, validate_config
 from pyro_vae.evaluation.bounds import elbo_terms, log_weights
 from pyro_vae.evaluation.evaluate import ACTIVE_UNIT_THRESHOLD, evaluate_points, kl_per_dimension
 from pyro_vae.evaluation.gradients import gradient_variance
+from pyro_vae.evaluation import evaluate as evaluate_module
 from pyro_vae.evaluation import iwae as iwae_module
 from pyro_vae.baselines import ppca
 from pyro_vae.evaluation.iwae import chunk_size, fused_iwae, iwae, proposal_iwae, stock_vae
@@ -247,12 +248,141 @@ def test_evaluate_cli_writes_evaluation_json(tmp_path):
     assert out["log_likelihood"] is None and out["kl_to_true_posterior"]["exact"] is False
     assert out["iwae"]["samples"] == 20 and out["split"] == "test" and out["gaps"]["steps"] == 5
     assert "iwae" in res.stdout and "active units" in res.stdout
+    for key in ("elbo", "elbo_monte_carlo", "iwae"):
+        assert out[key]["mc_se"] >= 0, key
+    assert set(out["paired"]) == {"iwae_minus_elbo"}  # no exact log p(x): only the difference of two estimates
+    assert set(out["paired"]["iwae_minus_elbo"]) == {"mean", "se", "mc_se"}
+    assert set(out["error_bars"]) == {"se", "mc_se", "paired"}
+    assert "over the test points" in res.stdout and "[mc +-" in res.stdout
+    assert "paired differences (same points)" in res.stdout and "iwae - elbo" in res.stdout
 
 
 def test_evaluate_cli_bad_dir_is_one_line_error(tmp_path):
     res = run_cli("evaluate", tmp_path / "missing")
     assert res.returncode == 2
     assert res.stderr.startswith("pyro-vae: error:") and len(res.stderr.strip().splitlines()) == 1
+
+
+
+# -- the two error bars: over test points (se) and Monte Carlo (mc_se); paired differences ----------
+PCA = {"model": {"latent_dim": 2, "decoder": "linear", "likelihood": {"scale": 0.7, "learn_scale": "global"}},
+       "guide": {"hidden": []}}
+REPEATS = 20  # evaluations with different seeds on the same points, for the empirical Monte Carlo spread
+
+
+def pca_vae(posterior_scale=None):
+    """The linear-Gaussian VAE of ``PCA`` (x_dim 5, untrained) and 60 points. With ``posterior_scale`` c the
+    (linear) encoder is moved to the exact posterior mean with scales c * the posterior's marginal sds:
+    a proposal close to p(z|x), where IWAE's log weights are light-tailed."""
+    torch.manual_seed(0)
+    vae = build_vae(validate_config(PCA), 5).eval()
+    if posterior_scale is not None:
+        from pyro_vae.components.networks import MIN_SCALE
+
+        A, b, G = posterior(*linear_gaussian(vae))
+        with torch.no_grad():
+            vae.encoder.loc_head.weight.copy_(A)
+            vae.encoder.loc_head.bias.copy_(-A @ b)
+            vae.encoder.scale_head.weight.zero_()
+            vae.encoder.scale_head.bias.copy_(torch.expm1(posterior_scale * G.diagonal().sqrt() - MIN_SCALE).log())
+    x = 1.5 * torch.randn(60, 5, generator=torch.Generator().manual_seed(1))
+    return vae, x
+
+
+def test_paired_exact_minus_elbo_is_the_kl_to_the_posterior_within_monte_carlo_error():
+    """log p(x) - ELBO = KL(q(z|x) || p(z|x)) per point: the paired difference's mean is the closed-form KL's
+    up to the ELBO's Monte Carlo error (mc_se, not se: the points are the same), and IWAE <= log p(x)."""
+    vae, x = pca_vae()
+    pyro.set_rng_seed(0)
+    with torch.no_grad():
+        out = evaluate_points(vae, x, samples=100)
+    paired, kl = out["paired"], out["kl_to_true_posterior"]
+    assert set(paired) == {"iwae_minus_elbo", "exact_minus_iwae", "exact_minus_elbo"}
+    assert all(set(v) == {"mean", "se", "mc_se"} for v in paired.values())
+    assert out["log_likelihood"]["mc_se"] == 0 and kl["exact"] and kl["mc_se"] == 0 and kl["mean"] > 1.0
+    diff = paired["exact_minus_elbo"]
+    assert diff["mc_se"] == out["elbo"]["mc_se"] > 0
+    assert abs(diff["mean"] - kl["mean"]) < 4 * diff["mc_se"], (diff, kl)
+    assert paired["exact_minus_iwae"]["mean"] >= -4 * paired["exact_minus_iwae"]["mc_se"]
+    assert paired["exact_minus_iwae"]["mc_se"] == out["iwae"]["mc_se"] > 0
+    assert paired["iwae_minus_elbo"]["mean"] == pytest.approx(out["iwae"]["mean"] - out["elbo"]["mean"], abs=1e-5)
+    assert "test points" in out["error_bars"]["se"] and "Monte Carlo" in out["error_bars"]["mc_se"]
+
+
+def _spread_over_seeds(vae, x, keys, samples):
+    """sd of the R means of each estimate over seeds, and the mean reported mc_se."""
+    means = {k: [] for k in keys}
+    reported = {k: [] for k in keys}
+    for seed in range(REPEATS):
+        pyro.set_rng_seed(100 + seed)
+        with torch.no_grad():
+            out = evaluate_points(vae, x, samples=samples)
+        for k in keys:
+            means[k].append(out[k]["mean"])
+            reported[k].append(out[k]["mc_se"])
+    return {k: (float(torch.tensor(means[k], dtype=torch.float64).std()), sum(reported[k]) / REPEATS) for k in keys}
+
+
+def _sd_band():
+    """sd from R values over the true sd: sqrt(chi2_{R-1} / (R-1)), its two-sided 99.9% range, widened by 10% for
+    the error of the reported mc_se itself (estimated from 60 points' particle spreads)."""
+    from scipy.stats import chi2
+
+    low, high = (math.sqrt(chi2.ppf(p, REPEATS - 1) / (REPEATS - 1)) for p in (0.0005, 0.9995))
+    return 0.9 * low, 1.1 * high  # ~0.46 .. 1.71
+
+
+@pytest.mark.parametrize("posterior_scale,keys", [
+    (None, ("elbo", "elbo_monte_carlo")),  # the ELBO's mc_se holds whatever q: it is a plain mean of S draws
+    (1.2, ("iwae",)),  # the delta method needs light-tailed weights: q close to p(z|x)
+])
+def test_monte_carlo_se_matches_the_spread_over_seeds(posterior_scale, keys):
+    """The reported mc_se against the sd of the means of 20 evaluations with other seeds on the same points:
+    ELBO with 16 particles (particle variance / S), IWAE with K = 10 (delta method)."""
+    vae, x = pca_vae(posterior_scale)
+    low, high = _sd_band()
+    for key, (empirical, reported) in _spread_over_seeds(vae, x, keys, samples=10).items():
+        assert reported > 0 and low < empirical / reported < high, (key, empirical, reported)
+
+
+def test_pairing_shrinks_the_standard_error():
+    """log p(x) and the ELBO move together across points: the se of their per-point difference is far below the
+    unpaired sqrt(se_a^2 + se_b^2), which would hide a clearly nonzero difference."""
+    vae, x = pca_vae(posterior_scale=1.5)  # KL(q || p(z|x)) ~ 0.5 nats a point
+    pyro.set_rng_seed(0)
+    with torch.no_grad():
+        out = evaluate_points(vae, x, samples=10)
+    diff, a, b = out["paired"]["exact_minus_elbo"], out["log_likelihood"], out["elbo"]
+    unpaired = math.hypot(a["se"], b["se"])
+    assert diff["se"] < 0.2 * unpaired, (diff, unpaired)
+    assert diff["mean"] > 4 * diff["se"] and diff["mean"] < 2 * unpaired  # clear paired, lost in the unpaired
+
+
+@pytest.mark.parametrize("traced", [False, True])
+def test_iwae_with_variance_takes_iwaes_draws_and_the_delta_method_of_them(traced, monkeypatch):
+    """Same seed, same per-point bound as ``iwae`` (fused path, and the traced one a custom guide takes), in
+    chunks; the variance is (K sum_k w~_k^2 - 1) / (K - 1) of those draws' normalized weights."""
+    vae, x = pca_vae()
+    monkeypatch.setattr(iwae_module, "CHUNK_ELEMENTS", 3 * 60 * 5)
+    monkeypatch.setattr(iwae_module, "TRACED_CHUNK_ELEMENTS", 3 * 60 * 5)
+    monkeypatch.setattr(evaluate_module, "TRACED_CHUNK_ELEMENTS", 3 * 60 * 5)
+    guide = vae.guide
+    if traced:
+        def guide(x_):
+            with pyro.plate("data", x_.shape[0]):
+                return pyro.sample("z", dist.Normal(torch.zeros(60, 2), 1.0).to_event(1))
+    with torch.no_grad():
+        pyro.set_rng_seed(4)
+        bound, var = evaluate_module.iwae_with_variance(vae.model, guide, x, 10, width=5)
+        pyro.set_rng_seed(4)
+        want = iwae(vae.model, guide, x, 10, width=5)
+        pyro.set_rng_seed(4)
+        log_w = torch.cat([log_weights(vae.model, guide, x, k) for k in (3, 3, 3, 1)]).double()
+    assert torch.equal(bound, want)
+    w = torch.softmax(log_w, 0)
+    torch.testing.assert_close(var, (10 * (w ** 2).sum(0) - 1) / 9, rtol=1e-4, atol=1e-7)
+    with torch.no_grad():
+        assert torch.isnan(evaluate_module.iwae_with_variance(vae.model, guide, x, 1, width=5)[1]).all()
 
 
 # -- the fused IWAE path against the traced one (its oracle) ----------------------------------------
