@@ -32,3 +32,31 @@ def run_cli(*args, cwd=None, timeout=600):
 
 TINY = ["--set", "train.epochs=2", "--set", "model.decoder.hidden=[16]", "--set", "guide.hidden=[16]",
         "--no-progress"]
+
+
+def interrupt_at_step(cfg, config_yaml, out, step, match=None):
+    """Train ``cfg`` into a new run directory ``out`` (its config.yaml copied from ``config_yaml``) and stop it
+    with SIGINT, as a signal would, once ``step`` steps are done; the Interrupted it raises is checked against
+    ``match``. Returns the run directory's path, ready for ``pyro-vae resume``."""
+    import signal
+
+    from pyro_vae.build import prepare
+    from pyro_vae.rundir import RunDir
+    from pyro_vae.training.guards import Interrupted
+    from pyro_vae.training.trainer import Trainer
+
+    data, vae = prepare(cfg)
+    run = RunDir.create(out)
+    run.write_config(config_yaml.read_text())
+    trainer = Trainer.from_config(cfg, data, vae, run, progress=False)
+    train_step = trainer.train_step
+
+    def stop_after(xb, rows=None):
+        if trainer.step == step:
+            trainer.stop_signal = signal.SIGINT
+        return train_step(xb, rows)
+
+    trainer.train_step = stop_after
+    with pytest.raises(Interrupted, match=match):
+        trainer.fit()
+    return run.path

@@ -1,18 +1,17 @@
 """build_seeded: the seeded VAE of a config for its data, a learned likelihood scale started from the training data."""
 
 import math
-import signal
 
 import pytest
 import torch
 
+from conftest import interrupt_at_step
 from pyro_vae import load_config, train_run
 from pyro_vae.build import build_seeded, build_vae, prepare, seed_everything
 from pyro_vae.cli import main
 from pyro_vae.data import load_data
 from pyro_vae.rundir import RunDir
-from pyro_vae.training.guards import Interrupted
-from pyro_vae.training.trainer import TIMING_FIELDS, Trainer
+from pyro_vae.training.trainer import TIMING_FIELDS
 
 PPCA = ["data.name=synthetic", "data.x_dim=10", "data.latent_dim=2", "model.latent_dim=2",
         "model.likelihood.name=normal", "model.likelihood.scale=0.1", "model.likelihood.learn_scale=global"]
@@ -74,23 +73,10 @@ def test_resume_continues_from_the_checkpointed_scale_bitwise(tmp_path):
     whole = train_run(cfg, tmp_path / "whole", progress=False)
     assert not math.isclose(float(whole.vae.likelihood.scale.detach()), 0.1, rel_tol=0.5)
 
-    data, vae = prepare(cfg)
-    run = RunDir.create(tmp_path / "cut")
-    run.write_config((tmp_path / "whole" / "config.yaml").read_text())
-    trainer = Trainer.from_config(cfg, data, vae, run, progress=False)
-    step = trainer.train_step
-
-    def stop_after_step_4(xb, rows=None):
-        if trainer.step == 4:
-            trainer.stop_signal = signal.SIGINT
-        return step(xb, rows)
-
-    trainer.train_step = stop_after_step_4
-    with pytest.raises(Interrupted):
-        trainer.fit()
-    assert main(["resume", str(run.path), "--no-progress"]) == 0
-    resumed = RunDir(run.path).load_checkpoint(quiet=True)["vae"]
+    path = interrupt_at_step(cfg, tmp_path / "whole" / "config.yaml", tmp_path / "cut", 4)
+    assert main(["resume", str(path), "--no-progress"]) == 0
+    resumed = RunDir(path).load_checkpoint(quiet=True)["vae"]
     for name, tensor in whole.vae.state_dict().items():
         assert torch.equal(resumed[name], tensor), name
     rows = lambda path: [{k: v for k, v in r.items() if k not in TIMING_FIELDS} for r in RunDir(path).read_metrics()]
-    assert rows(run.path) == rows(tmp_path / "whole")
+    assert rows(path) == rows(tmp_path / "whole")

@@ -24,7 +24,7 @@ import numpy as np  # noqa: E402
 from matplotlib import ticker  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
-from pyro_vae.compare.seeds import spread, summarize  # noqa: E402
+from pyro_vae.compare.seeds import by_method, spread, summarize  # noqa: E402
 
 GAP_FLOOR = 1e-4  # nats: a gap to the reference at or below this (an exact hit) is drawn here on the log axis
 DAGGER = "\u2020"  # marks a row where some seed did not converge
@@ -52,13 +52,6 @@ def _pm(s: Mapping[str, Any], spec: str = ".3f", key: str = "sd") -> str:
 def _cell(text: Any) -> str:
     """Text safe inside a pipe-table cell."""
     return str(text).replace("|", "\\|").replace("\n", " ")
-
-
-def _groups(rows: Sequence[Mapping[str, Any]]) -> Dict[str, List[Mapping[str, Any]]]:
-    groups: Dict[str, List[Mapping[str, Any]]] = {}
-    for row in rows:
-        groups.setdefault(row["name"], []).append(row)
-    return groups
 
 
 def _summary(report: Mapping[str, Any]) -> Dict[str, Any]:
@@ -90,7 +83,7 @@ def _header(report: Mapping[str, Any], names: Sequence[str]) -> List[str]:
                          budget.get("seconds") and f"{budget['seconds']:g} s") if v) or "n/a"
     spread_text = ("each number is mean \u00b1 sd across seeds" if len(seeds) > 1 else "one seed: no spread")
     estimators: Dict[str, List[str]] = {}
-    for name, rows in _groups(report["methods"]).items():
+    for name, rows in by_method(report["methods"]).items():
         for est in dict.fromkeys(r.get("estimator") or "n/a" for r in rows):
             estimators.setdefault(est, []).append(name)
     test_est = (f"{next(iter(estimators))}, for every method" if len(estimators) == 1 else
@@ -211,7 +204,7 @@ def _per_seed_table(groups: Mapping[str, List[Mapping[str, Any]]]) -> List[str]:
 def markdown(report: Mapping[str, Any]) -> str:
     """The comparison as a Markdown page: header, main table, paired differences, how to read it, per-seed rows."""
     summary = _summary(report)
-    groups = _groups(report["methods"])
+    groups = by_method(report["methods"])
     seeds = report.get("seeds") or list(dict.fromkeys(r["seed"] for r in report["methods"]))
     lines = _header(report, list(groups))
     lines += _main_table(summary, groups, len(seeds))
@@ -260,7 +253,7 @@ def _band(curves: Sequence[Tuple[np.ndarray, np.ndarray]]) -> Tuple[np.ndarray, 
 
 
 def _curve_plot(report: Mapping[str, Any], key: str, xlabel: str, path: Path, colours: Mapping[str, Any]) -> Path:
-    groups = _groups(report["methods"])
+    groups = by_method(report["methods"])
     ys = report.get("yardstick", {})
     ref = _reference(report)
     fig, ax = plt.subplots(figsize=(7, 4.4))
@@ -303,7 +296,7 @@ def _curve_plot(report: Mapping[str, Any], key: str, xlabel: str, path: Path, co
 
 
 def _final_plot(report: Mapping[str, Any], path: Path, colours: Mapping[str, Any]) -> Path:
-    groups = _groups(report["methods"])
+    groups = by_method(report["methods"])
     names = list(groups)
     fig, ax = plt.subplots(figsize=(8.5, max(2.5, 0.55 * len(names) + 1.6)))
     hollow = False
@@ -343,7 +336,7 @@ def write_plots(report: Mapping[str, Any], directory: Path) -> List[Path]:
     """Write :data:`PLOTS` into ``directory`` (which must exist): the gap to the yardstick's reference against
     epoch and against wall time, and the final test log p(x) per method and seed. Returns the paths written."""
     directory = Path(directory)
-    colours = _colours(list(_groups(report["methods"])))
+    colours = _colours(list(by_method(report["methods"])))
     return [_curve_plot(report, "epoch", "epoch", directory / PLOTS[0], colours),
             _curve_plot(report, "wall_time", "training wall time (s)", directory / PLOTS[1], colours),
             _final_plot(report, directory / PLOTS[2], colours)]

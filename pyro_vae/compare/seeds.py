@@ -44,7 +44,8 @@ def paired_difference(values: Mapping[int, Optional[float]], baseline: Mapping[i
     return result
 
 
-def _by_method(rows: Sequence[Mapping[str, Any]]) -> Dict[str, List[Mapping[str, Any]]]:
+def by_method(rows: Sequence[Mapping[str, Any]]) -> Dict[str, List[Mapping[str, Any]]]:
+    """The rows grouped by method ``name``, methods in first-seen order, seeds in row order."""
     groups: Dict[str, List[Mapping[str, Any]]] = {}
     for row in rows:
         groups.setdefault(row["name"], []).append(row)
@@ -59,7 +60,7 @@ def summarize(rows: Sequence[Mapping[str, Any]], baseline: Optional[str] = None)
     method and each metric of :data:`DIFFERENCES`, the :func:`paired_difference` method minus ``baseline``
     (default: the first method), with ``name``, ``baseline`` and ``metric``.
     """
-    groups = _by_method(rows)
+    groups = by_method(rows)
     if baseline is None and groups:
         baseline = next(iter(groups))
     if baseline is not None and baseline not in groups:

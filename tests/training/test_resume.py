@@ -14,12 +14,12 @@ import torch
 import yaml
 from hypothesis import given, settings, strategies as st
 
+from conftest import interrupt_at_step
 from pyro_vae import load_config, train_run, validate_config
 from pyro_vae.cli import main
 from pyro_vae.config import dump
 from pyro_vae.rundir import RunDir
 from pyro_vae.training.trainer import TIMING_FIELDS, Trainer
-from pyro_vae.training.guards import Interrupted
 from pyro_vae.build import prepare
 
 # One intra-op thread: fast under load on shared cores, and the same reduction order in every process.
@@ -184,26 +184,14 @@ def test_mid_epoch_interrupt_resumes_dynamic_binarization_exactly(tmp_path, tiny
     cfg = tiny()
     whole = train_run(cfg, tmp_path / "whole", progress=False)
 
-    data, vae = prepare(cfg)
-    run = RunDir.create(tmp_path / "cut")
-    run.write_config((tmp_path / "whole" / "config.yaml").read_text())
-    trainer = Trainer.from_config(cfg, data, vae, run, progress=False)
-    step = trainer.train_step
-
-    def stop_after_step_8(xb, rows=None):
-        if trainer.step == 8:
-            trainer.stop_signal = signal.SIGINT
-        return step(xb, rows)
-
-    trainer.train_step = stop_after_step_8
-    with pytest.raises(Interrupted, match=r"at step 9 \(epoch 2, batch 3/6\)"):
-        trainer.fit()
-    assert RunDir(run.path).load_checkpoint()["current"]["batch"] == 3
-    assert main(["resume", str(run.path), "--no-progress"]) == 0
-    resumed = parameters(run.path)
+    path = interrupt_at_step(cfg, tmp_path / "whole" / "config.yaml", tmp_path / "cut", 8,
+                             match=r"at step 9 \(epoch 2, batch 3/6\)")
+    assert RunDir(path).load_checkpoint()["current"]["batch"] == 3
+    assert main(["resume", str(path), "--no-progress"]) == 0
+    resumed = parameters(path)
     for name, tensor in whole.vae.state_dict().items():
         assert torch.equal(resumed[name], tensor), name
-    assert metrics(run.path) == metrics(tmp_path / "whole")
+    assert metrics(path) == metrics(tmp_path / "whole")
 
 
 def fit(cfg):
