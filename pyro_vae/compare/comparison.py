@@ -224,7 +224,7 @@ def compare(cfg: Config, methods: List[Tuple[str, Method]], budget: Budget, out:
     estimators = sorted({r.extra.get("yardstick", "exact" if r.estimator == "exact" else
                                      f"IWAE-{budget.yardstick_samples}") for r in rows})
     report = {"command": command, "config": cfg.to_dict(),
-              "budget": {**asdict(budget), "description": budget.describe()},
+              "budget": {**asdict(budget), "description": budget.describe(cfg.train.epochs)},
               "seeds": [cfg.seed + i for i in range(seeds)], "baseline": baseline or methods[0][0],
               "yardstick": {"estimator": ", ".join(estimators), "points": len(yardstick.points),
                             "samples": budget.yardstick_samples, "reference": reference, "reference_kind": kind},

@@ -83,15 +83,17 @@ class Budget:
         """The iteration cap of an EM-type method."""
         return self.epochs if self.epochs is not None else MAX_EM_ITERATIONS
 
-    def describe(self) -> str:
-        """The budget in words, for the report."""
+    def describe(self, train_epochs: Optional[int] = None) -> str:
+        """The budget in words, for the report; ``train_epochs`` (the config's ``train.epochs``) names the SVI cap."""
         caps = " or ".join(s for s in (f"{self.epochs} epochs" if self.epochs else "",
                                         f"{self.seconds:g} s" if self.seconds else "") if s)
         if self.stop == "fixed":
             return f"fixed: {caps} at a constant step size, last parameters"
+        svi_cap = f"{train_epochs} epochs (train.epochs)" if train_epochs else "train.epochs"
+        epochs = f"{self.epochs} epochs" if self.epochs else f"SVI {svi_cap}, EM {MAX_EM_ITERATIONS} iterations"
+        caps = " or ".join([epochs] + ([f"{self.seconds:g} s of training"] if self.seconds else []))
         return ("until converged (SVI: plateau of the validation log p(x) at the floor step size, best epoch kept; "
-                f"EM: log-likelihood change below its tolerance), capped at {caps or 'train.epochs'}"
-                + ("" if self.epochs else f" (SVI: train.epochs; EM: {MAX_EM_ITERATIONS} iterations)"))
+                f"EM: log-likelihood change below its tolerance), capped at {caps}, per method and seed")
 
 
 @dataclass
