@@ -112,7 +112,7 @@ class InferenceConfig(Section):
     """``inference``: the objective and its estimator."""
 
     objective: Literal["elbo", "iwae", "renyi"] = "elbo"  # renyi: RenyiELBO(alpha); iwae is renyi with alpha = 0
-    estimator: Literal["reparam", "score_function"] = "reparam"  # score_function: TraceGraph_ELBO on a non-reparameterized q
+    estimator: Literal["reparam", "score_function", "stl", "dreg"] = "reparam"  # score_function: TraceGraph_ELBO on a non-reparameterized q; stl (elbo), dreg (iwae): path derivatives
     kl: Literal["analytic", "monte_carlo"] = "analytic"  # TraceMeanField_ELBO (closed form where one exists) or Trace_ELBO
     num_particles: PositiveInt = 1  # z samples per data point, vectorized
     alpha: float = 0.0  # order of the Renyi bound (objective: renyi); alpha = 1 is the ELBO
@@ -121,7 +121,7 @@ class InferenceConfig(Section):
 
     @model_validator(mode="after")
     def _consistent(self):
-        """IWAE, Renyi and the score-function estimator have no closed-form KL term: an unset ``kl``
+        """IWAE, Renyi and the score-function, STL and DReG estimators have no closed-form KL term: an unset ``kl``
         becomes ``monte_carlo`` (so config.yaml and the KL report say what is used), a set one is an error.
 
         ConfigError (not ValueError) passes through pydantic unwrapped, so the message stays one clean line."""
@@ -129,9 +129,13 @@ class InferenceConfig(Section):
             raise ConfigError("inference.alpha: 1 makes the Renyi bound the ELBO; use inference.objective=elbo")
         if self.objective != "elbo" and self.estimator == "score_function":
             raise ConfigError("inference.estimator: score_function is supported with inference.objective=elbo only")
-        if self.objective != "elbo" or self.estimator == "score_function":
+        if self.estimator == "stl" and self.objective != "elbo":
+            raise ConfigError("inference.estimator: stl is supported with inference.objective=elbo only (iwae: dreg)")
+        if self.estimator == "dreg" and self.objective != "iwae":
+            raise ConfigError("inference.estimator: dreg is supported with inference.objective=iwae only")
+        if self.objective != "elbo" or self.estimator != "reparam":
             if self.kl == "analytic" and "kl" in self.model_fields_set:
-                what = f"objective={self.objective}" if self.objective != "elbo" else "estimator=score_function"
+                what = f"objective={self.objective}" if self.objective != "elbo" else f"estimator={self.estimator}"
                 raise ConfigError(f"inference.kl: 'analytic' is not available with inference.{what}; set inference.kl=monte_carlo")
             self.kl = "monte_carlo"
         return self
@@ -158,7 +162,7 @@ class TrainConfig(Section):
     validate_args: bool = False  # Pyro's distribution checks: on in tests, off in the hot loop for speed
     checkpoint_every_steps: Optional[PositiveInt] = None  # also checkpoint mid-epoch (None: at epoch ends only)
     on_nonfinite: Literal["stop", "skip"] = "stop"  # a NaN/inf loss or gradient: stop, or skip that step
-    engine: Literal["auto", "pyro", "fused"] = "auto"  # pyro: Pyro's loss; fused: the same objective (elbo, iwae or renyi with the reparam estimator) without Pyro's tracing (inference/elbo.py, renyi.py); auto: fused where it covers the config, else pyro
+    engine: Literal["auto", "pyro", "fused"] = "auto"  # pyro: Pyro's loss; fused: the same objective (elbo, iwae or renyi with the reparam estimator, elbo with stl, iwae with dreg) without Pyro's tracing (inference/elbo.py, renyi.py, path_gradients.py); auto: fused where it covers the config, else pyro
     compile: bool = False  # torch.compile the fused loss and its backward (the first compile takes seconds to a minute)
     device: Literal["cpu", "cuda", "auto"] = "cpu"  # where parameters and batches live; auto: cuda if available
 

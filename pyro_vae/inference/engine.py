@@ -8,7 +8,7 @@ from typing import Callable
 
 import torch
 
-from pyro_vae.inference.objectives import LOSSES, unsupported_reason
+from pyro_vae.inference.objectives import LOSSES, loss_key, unsupported_reason
 from pyro_vae.model import VAE
 
 
@@ -24,7 +24,7 @@ class FusedELBO:
 
     def __init__(self, inference, compile: bool = False):
         self.num_particles = inference.num_particles
-        loss, option = LOSSES[getattr(inference, "objective", "elbo")]
+        loss, option = LOSSES[loss_key(inference)]
         self.option = option(inference)  # the ELBO's kl, or the Renyi bound's alpha
         self.compiled = compile
         self._calls = 0

@@ -9,7 +9,8 @@ from pyro.infer import ELBO
 
 from pyro_vae.config import InferenceConfig
 from pyro_vae.inference.elbo import fused_elbo_loss, pyro_elbo
-from pyro_vae.inference.kl import ANALYTIC
+from pyro_vae.inference.kl import ANALYTIC, MONTE_CARLO
+from pyro_vae.inference.path_gradients import fused_dreg_loss, fused_stl_loss, pyro_dreg, pyro_stl
 from pyro_vae.inference.renyi import fused_renyi_loss, pyro_renyi
 from pyro_vae.inference.score_function import pyro_score_function
 from pyro_vae.model import VAE
@@ -20,6 +21,8 @@ OBJECTIVES: Dict[tuple, Callable[[InferenceConfig], ELBO]] = {
     ("iwae", "reparam"): pyro_renyi(0.0),
     ("renyi", "reparam"): pyro_renyi(None),
     ("elbo", "score_function"): pyro_score_function,
+    ("elbo", "stl"): pyro_stl,
+    ("iwae", "dreg"): pyro_dreg,
 }
 
 
@@ -29,33 +32,40 @@ def build_elbo(inference: InferenceConfig) -> ELBO:
     - ``objective: elbo`` -- ``kl: analytic`` -> ``TraceMeanField_ELBO`` (closed-form KL(q || p) per
       site where Pyro has one, Monte Carlo otherwise); ``kl: monte_carlo`` -> ``Trace_ELBO``;
     - ``objective: iwae`` / ``renyi`` -> :class:`RenyiBound` with alpha 0 / ``inference.alpha``;
-    - ``estimator: score_function`` -> :class:`ScoreFunctionELBO`.
+    - ``estimator: score_function`` -> :class:`ScoreFunctionELBO`;
+    - ``estimator: stl`` (elbo) / ``dreg`` (iwae) -> :class:`StickingTheLanding` / :class:`DoublyReparameterizedIWAE`
+      (:mod:`pyro_vae.inference.path_gradients`): the same values, path-derivative gradients.
 
     Particles are vectorized: one batched pass draws ``num_particles`` z per data point.
     """
     return OBJECTIVES[(inference.objective, inference.estimator)](inference)
 
 
-# objective -> (the fused loss, its argument after num_particles read from the inference config)
-LOSSES: Dict[str, Tuple[Callable, Callable]] = {
-    "elbo": (fused_elbo_loss, lambda inference: getattr(inference, "kl", ANALYTIC)),
-    "iwae": (fused_renyi_loss, lambda inference: 0.0),
-    "renyi": (fused_renyi_loss, lambda inference: inference.alpha),
+# (objective, estimator) -> (the fused loss, its argument after num_particles read from the inference config)
+LOSSES: Dict[Tuple[str, str], Tuple[Callable, Callable]] = {
+    ("elbo", "reparam"): (fused_elbo_loss, lambda inference: getattr(inference, "kl", ANALYTIC)),
+    ("iwae", "reparam"): (fused_renyi_loss, lambda inference: 0.0),
+    ("renyi", "reparam"): (fused_renyi_loss, lambda inference: inference.alpha),
+    ("elbo", "stl"): (fused_stl_loss, lambda inference: MONTE_CARLO),
+    ("iwae", "dreg"): (fused_dreg_loss, lambda inference: 0.0),
 }
+
+
+def loss_key(inference) -> Tuple[str, str]:
+    """``(objective, estimator)`` of ``inference``, the key of :data:`LOSSES` (older configs: elbo, reparam)."""
+    return getattr(inference, "objective", "elbo"), getattr(inference, "estimator", "reparam")
 
 
 def unsupported_reason(vae: VAE, inference, probe: Optional[torch.Tensor] = None) -> Optional[str]:
     """Why the fused loss cannot stand in for Pyro's here (``None``: it can).
 
-    It covers the objectives in :data:`LOSSES` with ``estimator: reparam`` (older configs without
-    those fields are ``elbo`` with ``reparam``) on the stock :class:`VAE` model and guide, with a
-    guide that can ``rsample``.
+    It covers the (objective, estimator) pairs in :data:`LOSSES` (older configs without those fields are
+    ``elbo`` with ``reparam``) on the stock :class:`VAE` model and guide, with a guide that can ``rsample``.
     """
-    objective = getattr(inference, "objective", "elbo")
-    estimator = getattr(inference, "estimator", "reparam")
-    if objective not in LOSSES or estimator != "reparam":
-        return (f"inference.objective={objective}, inference.estimator={estimator} "
-                f"(fused covers {', '.join(LOSSES)} with reparam)")
+    objective, estimator = loss_key(inference)
+    if (objective, estimator) not in LOSSES:
+        covered = ", ".join(f"{o} with {e}" for o, e in LOSSES)
+        return f"inference.objective={objective}, inference.estimator={estimator} (fused covers {covered})"
     if type(vae).model is not VAE.model or type(vae).guide is not VAE.guide:
         return f"{type(vae).__name__} overrides model/guide"
     if probe is not None:
