@@ -60,3 +60,13 @@ def interrupt_at_step(cfg, config_yaml, out, step, match=None):
     with pytest.raises(Interrupted, match=match):
         trainer.fit()
     return run.path
+
+
+def loss_and_grads(vae, compute, seed: int):
+    """(loss, {param name: grad}, torch RNG state afterwards) of ``compute()`` from ``seed``."""
+    vae.zero_grad(set_to_none=True)
+    pyro.set_rng_seed(seed)
+    loss = compute()
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in vae.named_parameters() if p.grad is not None}
+    return loss.detach(), grads, torch.get_rng_state()

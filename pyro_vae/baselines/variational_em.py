@@ -20,29 +20,27 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import Dict, Optional
 
 import pyro
 import pyro.distributions as dist
 import torch
 from torch import nn
 
+from pyro_vae.baselines.fitting import check_budget, curve_log_likelihood, fit_history, generative_parameters
 from pyro_vae.baselines.history import History
 from pyro_vae.build import build_seeded
 from pyro_vae.components.networks import MIN_SCALE, positive_scale
 from pyro_vae.config import Config
 from pyro_vae.data import Dataset
 from pyro_vae.errors import ConfigError
-from pyro_vae.evaluation.iwae import proposal_iwae
-from pyro_vae.evaluation.linear_gaussian import exact_log_likelihood, is_linear_gaussian
+from pyro_vae.evaluation.linear_gaussian import is_linear_gaussian
 from pyro_vae.inference.engine import adam
 from pyro_vae.inference.objectives import build_elbo
 from pyro_vae.model import VAE
 from pyro_vae.training.stopping import BudgetLimit, EpochLimit
 from pyro_vae.training.trainer import Trainer
 
-IWAE_SAMPLES = 64  # importance samples behind the curve's log-likelihood when no closed form exists
-CURVE_POINTS = 512  # training points behind that estimate
 LOCAL_LR_FACTOR = 1  # E-step lr / optim.lr; larger (3x) climbs faster early but single-sample noise in q_n then biases theta (measured)
 
 
@@ -123,24 +121,6 @@ class VariationalFit:
         return self.history.log_likelihood[-1]
 
 
-def _curve_log_likelihood(vae: VAE, x: torch.Tensor, local: Optional[LocalGuide], exact: bool) -> float:
-    if exact:
-        return exact_log_likelihood(vae, x)
-    idx = torch.arange(min(len(x), CURVE_POINTS))
-    q = local.q(idx) if local is not None else vae.encoder(x[idx])
-    return float(proposal_iwae(vae, q, x[idx], IWAE_SAMPLES).mean())
-
-
-def _check_budget(epochs: Optional[int], seconds: Optional[float]) -> None:
-    if epochs is None and seconds is None:
-        raise ConfigError("budget: set epochs or seconds")
-
-
-def _theta(vae: VAE) -> List[nn.Parameter]:
-    """The generative parameters theta (prior, decoder, likelihood): everything but the encoder."""
-    return [p for name, p in vae.named_parameters() if not name.startswith("encoder.")]
-
-
 def batch_loss(vae: VAE, elbo):
     """``loss(guide, x_b, rows)``: minus the ELBO of ``vae``'s model with a per-point ``guide(x_b, rows)``, the
     mean over the batch (the E-step's objective; ``rows`` index the points' own q_n)."""
@@ -190,7 +170,7 @@ def fit(cfg: Config, data: Dataset, *, amortized: bool, epochs: Optional[int] = 
     one optimizer step per minibatch, the M-step.
     """
     if stopping is None:
-        _check_budget(epochs, seconds)
+        check_budget(epochs, seconds)
     if m_steps != 1:
         raise ConfigError(f"m_steps: {m_steps}, but variational EM takes one M-step per minibatch (the Trainer's "
                           f"step); use m_steps=1")
@@ -201,24 +181,19 @@ def fit(cfg: Config, data: Dataset, *, amortized: bool, epochs: Optional[int] = 
     exact = is_linear_gaussian(cfg.model)
     local = LocalGuide(len(x), cfg.model.latent_dim) if not amortized else None
     rule = stopping if stopping is not None else BudgetLimit(cfg.optim.lr, max_epochs=epochs, seconds=seconds)
-    options = dict(validation=lambda: _curve_log_likelihood(vae, x, local, exact), progress=progress,
+    proposal = (lambda n: local.q(torch.arange(n))) if local is not None else None  # q_n of the first n points
+    options = dict(validation=lambda: curve_log_likelihood(vae, x, exact, proposal), progress=progress,
                    quiet=not progress)
     if amortized:  # phi and theta together, one step per minibatch
         trainer = Trainer.from_config(cfg, data, vae, stopping=rule, **options)
     else:
         loss = em_step_loss(vae, build_elbo(cfg.inference), local, e_steps, local_lr or LOCAL_LR_FACTOR * cfg.optim.lr)
-        trainer = Trainer(vae, loss, adam(_theta(vae), lr=rule.lr), data, rule, seed=cfg.seed,
+        trainer = Trainer(vae, loss, adam(generative_parameters(vae), lr=rule.lr), data, rule, seed=cfg.seed,
                           batch_size=cfg.train.batch_size, clip_norm=cfg.optim.clip_norm,
                           on_nonfinite=cfg.train.on_nonfinite, validate_args=cfg.train.validate_args,
                           indexed_loss=True, engine="variational_em", **options)
     per_step = 1 if amortized else e_steps + 1  # gradient steps per minibatch: the E-steps and the M-step
-    history = History()
-    history.rows.append({"iteration": 0, "log_likelihood": trainer.validate(), "seconds": 0.0, "elbo": math.nan,
-                         "gradient_steps": 0})
-    for row in trainer.fit():
-        history.rows.append({"iteration": row["epoch"], "log_likelihood": row["val_elbo"], "seconds": row["wall_time"],
-                             "elbo": row["train_elbo"], "gradient_steps": row["step"] * per_step})
-    trainer.close()
+    history = fit_history(trainer, per_step)
     vae.eval()
     kind = "svi" if amortized else "variational_em"
     return VariationalFit(vae, local, history, trainer.epoch, trainer.step * per_step, kind, exact, rule)

@@ -175,6 +175,35 @@ def _hmc(path: _Path, state: Tuple[torch.Tensor, ...], beta: float, step: torch.
 
 
 @torch.no_grad()
+def hmc_transition(vae: VAE, x: torch.Tensor, z: torch.Tensor, step_size: torch.Tensor, num_transitions: int = 1,
+                   leapfrog_steps: int = 10, target_accept: float = 0.65, adapt_rate: float = 0.5, adapt: bool = True,
+                   chunk_chains: Optional[int] = None) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    r"""``num_transitions`` HMC transitions of :func:`_hmc` at :math:`\beta = 1`, each leaving the posterior
+    :math:`p(z|x) \propto p(z)\, p(x|z)` of ``vae`` invariant, for C chains per point from ``z`` ``(C, N, D)``.
+
+    ``step_size`` ``(N,)``: the per-point step size (shared by a point's chains); with ``adapt`` it is updated
+    after every transition as in :func:`ais`, :math:`\epsilon \leftarrow \epsilon\, e^{\kappa (\bar a - a^*)}`
+    (clamped to ``STEP_SIZE_RANGE``). Returns ``(z, step_size, accept)``: the final states ``(C, N, D)``, the step
+    sizes after the last transition ``(N,)`` and the acceptance probability averaged over transitions and chains
+    ``(N,)``. Draws come from torch's global RNG; no parameter's ``.grad`` is touched and nothing carries autograd
+    history. (A fixed step size, ``adapt=False``, makes every transition an exact MH kernel for p(z|x).)
+    """
+    _check(x, vae, z.shape[0], leapfrog_steps, chunk_chains)
+    prior = vae.prior()
+    path = _Path(vae, x, prior, prior, chunk_chains or z.shape[0])  # q0 = prior: its weight 1 - beta is 0
+    state = (z,) + tuple(path(z))
+    step = step_size.to(z)
+    accept_sum = torch.zeros_like(step)
+    for _ in range(num_transitions):
+        state, accept = _hmc(path, state, 1.0, step, leapfrog_steps)
+        accept = accept.mean(0)  # (N,)
+        accept_sum += accept
+        if adapt:
+            step = (step * torch.exp(adapt_rate * (accept - target_accept))).clamp(*STEP_SIZE_RANGE)
+    return state[0], step, accept_sum / max(num_transitions, 1)
+
+
+@torch.no_grad()
 def _anneal(path: _Path, z: torch.Tensor, betas: torch.Tensor, leapfrog_steps: int, step_size, target_accept: float,
             adapt_rate: float) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     r"""Run C x N chains from ``z`` ``(C, N, D)`` along ``betas`` (either direction): the log weights ``(C, N)``,

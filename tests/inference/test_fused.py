@@ -19,6 +19,7 @@ from pyro_vae.components.likelihoods import LIKELIHOODS
 from pyro_vae.model import VAE
 from pyro_vae.inference.objectives import build_elbo
 from pyro_vae.components.priors import PRIORS
+from conftest import loss_and_grads
 
 IMAGE = (4, 4)  # 16 features, so image-only components (conv) can join in
 X_DIM = 16
@@ -49,16 +50,6 @@ def data(likelihood: str) -> torch.Tensor:
     except DataError:
         x = torch.bernoulli(x, generator=g)
     return x
-
-
-def loss_and_grads(vae: VAE, compute, seed: int):
-    """(loss, {param name: grad}, torch RNG state afterwards) of ``compute()`` from ``seed``."""
-    vae.zero_grad(set_to_none=True)
-    pyro.set_rng_seed(seed)
-    loss = compute()
-    loss.backward()
-    grads = {n: p.grad.clone() for n, p in vae.named_parameters() if p.grad is not None}
-    return loss.detach(), grads, torch.get_rng_state()
 
 
 def assert_matches_pyro(vae: VAE, x: torch.Tensor, inference: dict, beta: float = 1.0, seed: int = 5):

@@ -16,6 +16,7 @@ from pyro_vae.inference.objectives import LOSSES, build_elbo, loss_key, unsuppor
 from pyro_vae.inference.path_gradients import DoublyReparameterizedIWAE, StickingTheLanding
 from pyro_vae.inference.renyi import RenyiBound
 from pyro_vae.model import VAE
+from conftest import loss_and_grads
 
 SMALL = {"model": {"latent_dim": 2, "decoder": {"hidden": [8]}, "likelihood": {"scale": 0.5}}, "guide": {"hidden": [8]}}
 STL = {"estimator": "stl"}
@@ -129,15 +130,6 @@ def test_encoder_gradient_is_zero_at_the_exact_posterior(engine, inf, reference)
 
 
 # -- 3. Pyro and fused agree ----------------------------------------------------------------------------------
-def loss_and_grads(vae: VAE, compute, seed: int):
-    vae.zero_grad(set_to_none=True)
-    pyro.set_rng_seed(seed)
-    loss = compute()
-    loss.backward()
-    found = {n: p.grad.clone() for n, p in vae.named_parameters() if p.grad is not None}
-    return loss.detach(), found, torch.get_rng_state()
-
-
 @pytest.mark.parametrize("inf", [dict(STL, num_particles=1), dict(STL, num_particles=4),
                                  dict(DREG, num_particles=1), dict(DREG, num_particles=5)])
 @pytest.mark.parametrize("beta", [1.0, 0.3])
