@@ -32,7 +32,8 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, module in COMMANDS.items():
         mod = importlib.import_module(f"pyro_vae.commands.{module}")
-        sp = sub.add_parser(name, help=mod.__doc__.splitlines()[0], description=mod.__doc__)
+        sp = sub.add_parser(name, help=mod.__doc__.splitlines()[0], description=mod.__doc__,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)  # keep the paragraphs
         mod.add_arguments(sp)
         sp.set_defaults(_run=mod.run)
     return p
