@@ -1,4 +1,4 @@
-"""``python -m benchmarks [--quick] [--device D]``: time pyro_vae's training and IWAE evaluation against the references.
+"""``python -m benchmarks [--quick] [--device D]``: time pyro_vae's training, IWAE and AIS against the references.
 
 Training columns, each a multiple of ``torch_eager`` (the hand-written PyTorch VAE): ``pyro_svi``
 (Pyro's tutorial ``SVI.step`` loop), ``pyro_vae[pyro]`` / ``pyro_vae[fused]`` (the ``Trainer`` per
@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from pyro_vae.build import resolve_device
 from pyro_vae.errors import UserError
 
-from . import iwae, report, training
+from . import ais, iwae, report, training
 
 
 def main(argv=None) -> int:
@@ -39,6 +39,7 @@ def main(argv=None) -> int:
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                         help="also time train.compile=true (default: on for the full run; compiling takes seconds)")
     parser.add_argument("--no-iwae", dest="iwae", action="store_false", help="skip the IWAE evaluation benchmark")
+    parser.add_argument("--no-ais", dest="ais", action="store_false", help="skip the AIS evaluation benchmark")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads (default: torch's, or 1 when the load average exceeds the cores: "
                              "oversubscribed OpenMP threads spin and make every number meaningless)")
@@ -84,6 +85,16 @@ def main(argv=None) -> int:
         else:
             result["iwae"] = {"available": False, "note": f"benchmarks/iwae.py does not take a device yet: "
                                                           f"IWAE evaluation skipped on {device}"}
+    if args.ais:
+        print("AIS evaluation ...", file=sys.stderr, flush=True)
+        ais_args = dict(steps_list=(5,), chains=4, leapfrog=2, rounds=2) if args.quick else {}
+        if device == "cpu":
+            result["ais"] = ais.run(**ais_args)
+        elif "device" in inspect.signature(ais.run).parameters:
+            result["ais"] = ais.run(**ais_args, device=device)
+        else:
+            result["ais"] = {"available": False, "note": f"benchmarks/ais.py does not take a device yet: "
+                                                         f"AIS evaluation skipped on {device}"}
     paths = report.write(result, args.name or ("quick" if args.quick else "latest"), args.out)
     print(report.markdown(result))
     print("wrote " + ", ".join(str(p) for p in paths), file=sys.stderr)

@@ -91,6 +91,12 @@ def markdown(result: Dict) -> str:
                              f"| {r['time_ratio_to_bound']:.2f}x | {r['peak_memory_mb']:.0f} "
                              f"| {r['fused_iwae_examples_per_second']:.1f} | {r['fused_time_ratio_to_bound']:.2f}x "
                              f"| {r['fused_peak_memory_mb']:.0f} |")
+    ai = result.get("ais")
+    if ai is not None:
+        from . import ais
+
+        lines += ["", "AIS evaluation (`pyro_vae.evaluation.ais.ais`), seconds per point against its matmul bound:", ""]
+        lines.append(ais.markdown(ai).rstrip("\n"))
     return "\n".join(lines) + "\n"
 
 

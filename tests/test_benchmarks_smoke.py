@@ -70,12 +70,33 @@ def test_quick_benchmark_runs_and_writes_results(tmp_path):
     if result["iwae"]["available"]:
         (row,) = result["iwae"]["rows"]
         assert row["K"] == 100 and row["time_ratio_to_bound"] > 0 and row["peak_memory_mb"] >= 0
+    if result["ais"]["available"]:
+        (row,) = result["ais"]["rows"]
+        assert row["T"] == 5 and row["time_ratio_to_bound"] > 0
     table = (tmp_path / "quick.md").read_text()
     assert "| digits 64-64-2, normal, B=128 |" in table and result["machine"]["cpu"] in table
     assert result["numpyro"]["available"] == HAS_NUMPYRO
     assert table.count("NumPyro peer: ") == 1
     for name in NUMPYRO_COLUMNS:  # in the ratio, compilation and GFLOP/s tables
         assert table.count(f" {name} |") == 3
+
+
+def test_ais_benchmark_smoke():
+    """A tiny AIS row: its evaluation count is the implementation's, its times and ratio positive, its table one row."""
+    from benchmarks import ais
+
+    if not ais.available():
+        pytest.skip("pyro_vae.evaluation.ais.ais does not exist")
+    result = ais.run(steps_list=(3,), chains=2, leapfrog=2, rounds=1)
+    (row,) = result["rows"]
+    assert row["evaluations"] == 1 + 2 * 2 and row["chunk"] == 2
+    assert row["seconds_per_point"] > 0 and row["bound_seconds_per_point"] > 0
+    assert row["time_ratio_to_bound"] > 0 and math.isfinite(row["time_ratio_to_bound"])
+    assert 0 <= row["acceptance"] <= 1
+    table = ais.markdown(result)
+    assert "| 3, 2, 2 (2) | 5 |" in table and "x |" in table
+    assert "AIS evaluation" in report.markdown(dict(_result(["torch_eager"], {"available": False, "note": "n"}),
+                                                    ais=result))
 
 
 def _result(names, status, device="cpu"):
