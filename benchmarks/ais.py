@@ -35,14 +35,6 @@ import torch
 from .iwae import LATENT, POINTS, X_DIM, chunks, matmul_bound_fn, model_and_data
 
 
-def available() -> bool:
-    try:
-        from pyro_vae.evaluation.ais import ais  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 def evaluations(num_steps: int, leapfrog_steps: int) -> int:
     """Evaluations of log p(x, z) and its gradient per chain that ``ais`` makes: the start, then L per transition."""
     return 1 + (num_steps - 1) * leapfrog_steps
@@ -87,8 +79,6 @@ def ais_fn(vae, x, num_steps: int, num_chains: int, leapfrog_steps: int, out: li
 
 def run(steps_list: Sequence[int] = (10, 100), chains: int = 16, leapfrog: int = 10, rounds: int = 3) -> Dict:
     """Per T in ``steps_list``: AIS and its bound, timed in interleaved rounds after a warm-up round."""
-    if not available():
-        return {"available": False, "note": "pyro_vae.evaluation.ais.ais does not exist yet"}
     pyro.enable_validation(False)
     vae, x = model_and_data()
     rows = []

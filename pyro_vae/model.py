@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from contextlib import contextmanager, nullcontext
-from typing import Iterator, Optional, Tuple
+from typing import Iterable, Iterator, Optional, Tuple
 
 import pyro
 import pyro.poutine as poutine
@@ -126,3 +126,17 @@ def own_rng(seed: int, device: torch.device) -> Iterator[None]:
             with torch.cuda.device(device):
                 torch.cuda.manual_seed(seed)  # seeds the current device only
         yield
+
+
+@contextmanager
+def frozen(params: Iterable[nn.Parameter]) -> Iterator[None]:
+    """Run the block with ``params`` as constants (``requires_grad`` off, restored after, also on error):
+    autograd then reaches only the block's own leaves (a z, a per-point q) and no parameter's ``.grad`` moves."""
+    live = [p for p in params if p.requires_grad]
+    for p in live:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in live:
+            p.requires_grad_(True)

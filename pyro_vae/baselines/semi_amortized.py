@@ -59,7 +59,7 @@ from pyro_vae.evaluation.gaps import refine_guide
 from pyro_vae.evaluation.linear_gaussian import is_linear_gaussian
 from pyro_vae.inference.engine import adam
 from pyro_vae.inference.objectives import build_elbo
-from pyro_vae.model import VAE, own_rng
+from pyro_vae.model import VAE, frozen, own_rng
 from pyro_vae.training.stopping import BudgetLimit, EpochLimit
 from pyro_vae.training.trainer import Trainer
 
@@ -68,19 +68,12 @@ _UNREGISTERED = ".* was not registered in the param store"  # pyro.module on a f
 
 
 @contextmanager
-def frozen(params: List[torch.nn.Parameter]) -> Iterator[None]:
+def quietly_frozen(params: List[torch.nn.Parameter]) -> Iterator[None]:
     """Compute with ``params`` as constants (``requires_grad`` off, restored after), without Pyro's warning that a
     module in training mode has parameters it does not register."""
-    live = [p for p in params if p.requires_grad]
-    for p in live:
-        p.requires_grad_(False)
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", _UNREGISTERED, UserWarning)
-            yield
-    finally:
-        for p in live:
-            p.requires_grad_(True)
+    with frozen(params), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", _UNREGISTERED, UserWarning)
+        yield
 
 
 def check_guide(vae: VAE, x: torch.Tensor) -> None:
@@ -137,7 +130,7 @@ def semi_amortized_loss(vae: VAE, elbo, refine_steps: int, refine_lr: float = RE
         decoder_loss = elbo.differentiable_loss(vae.model, _scaled(vae, refined), xb)  # gradient: theta alone
         end = _rng_state(xb.device)
         _set_rng_state(start, xb.device)  # the encoder's term on the same draws
-        with frozen(theta):
+        with quietly_frozen(theta):
             encoder_loss = elbo.differentiable_loss(vae.model, vae.guide, xb)  # gradient: phi alone
         _set_rng_state(end, xb.device)
         return decoder_loss + (encoder_loss - encoder_loss.detach())

@@ -161,10 +161,13 @@ variational_em.tunes_lr = True  # its M-step (and E-step) Adam step sizes follow
 METHODS.register("svi", "Joint amortized SVI of the config as given (encoder and decoder together)")(svi_method([]))
 
 
+def _covariance_type(cfg: Config) -> str:
+    return "diag" if getattr(cfg.model.likelihood, "learn_scale", None) == "per_feature" else "spherical"
+
+
 def _gmm_setup(cfg: Config, data: Dataset):
-    covariance_type = "diag" if getattr(cfg.model.likelihood, "learn_scale", None) == "per_feature" else "spherical"
     x = data.train.double()
-    return x, covariance_type, gmm.kmeans_params(x, cfg.model.latent_dim, covariance_type, seed=cfg.seed)
+    return x, gmm.kmeans_params(x, cfg.model.latent_dim, _covariance_type(cfg), seed=cfg.seed)
 
 
 def _gmm_rule(budget: Budget, steps_cap: int):
@@ -178,8 +181,9 @@ def _gmm_rule(budget: Budget, steps_cap: int):
     return rule
 
 
-def _gmm_result(name: str, fit: Fit, data: Dataset, budget: Budget, train_elbo: float, stop: Dict[str, Any],
-                test_elbo: Optional[float] = None, extra: Optional[Dict[str, Any]] = None) -> MethodResult:
+def _gmm_result(name: str, fit: Fit, cfg: Config, data: Dataset, budget: Budget, train_elbo: float,
+                stop: Dict[str, Any], test_elbo: Optional[float] = None,
+                extra: Optional[Dict[str, Any]] = None) -> MethodResult:
     p = fit.params
     val = data.val if len(data.val) else data.train
     test = gmm.log_likelihood(_test(data), **p)
@@ -192,7 +196,7 @@ def _gmm_result(name: str, fit: Fit, data: Dataset, budget: Budget, train_elbo: 
                         test_log_likelihood=test, exact_log_likelihood=test,
                         test_elbo=test if test_elbo is None else test_elbo, seconds=seconds,
                         examples_per_second=fit.iterations * len(data.train) / max(seconds, 1e-9),
-                        iterations=fit.iterations, curve=curve, seed=0, estimator="exact", epochs=fit.iterations,
+                        iterations=fit.iterations, curve=curve, seed=cfg.seed, estimator="exact", epochs=fit.iterations,
                         val_log_px=gmm.log_likelihood(budget.yardstick(data).points, **p), **stop,
                         extra={"algorithm": fit.kind, "num_components": len(p["weights"]), **(extra or {})})
 
@@ -200,33 +204,28 @@ def _gmm_result(name: str, fit: Fit, data: Dataset, budget: Budget, train_elbo: 
 @METHODS.register("gmm_em")
 def gmm_em(cfg: Config, data: Dataset, budget: Budget) -> MethodResult:
     """Gaussian mixture (model.latent_dim components) by exact EM from the best of 10 k-means++ starts."""
-    covariance_type = "diag" if getattr(cfg.model.likelihood, "learn_scale", None) == "per_feature" else "spherical"
     max_iter = budget.max_iterations()
     with warnings.catch_warnings():  # as in em: a cap, not a failure
         warnings.simplefilter("ignore", ConvergenceWarning)
-        fit = gmm.em_restarts(data.train.double(), cfg.model.latent_dim, covariance_type, n_init=GMM_RESTARTS,
+        fit = gmm.em_restarts(data.train.double(), cfg.model.latent_dim, _covariance_type(cfg), n_init=GMM_RESTARTS,
                               seed=cfg.seed, max_iter=max_iter, seconds=budget.seconds)
-    result = _gmm_result("gmm_em", fit, data, budget, fit.log_likelihood, _em_stop(fit, budget, max_iter),
-                         extra={"restarts": fit.restarts})
-    result.seed = cfg.seed
-    return result
+    return _gmm_result("gmm_em", fit, cfg, data, budget, fit.log_likelihood, _em_stop(fit, budget, max_iter),
+                       extra={"restarts": fit.restarts})
 
 
 @METHODS.register("gmm_enum_svi")
 def gmm_enum_svi(cfg: Config, data: Dataset, budget: Budget) -> MethodResult:
     """Gaussian mixture by SVI with z enumerated exactly (TraceEnum_ELBO): gradient ascent on log p(x)."""
-    x, _, init = _gmm_setup(cfg, data)
+    x, init = _gmm_setup(cfg, data)
     rule = _gmm_rule(budget, budget.max_iterations())
     fit = gmm.svi_enumerated(x, init, lr=GMM_LR, stopping=rule)
-    result = _gmm_result("gmm_enum_svi", fit, data, budget, fit.log_likelihood, _rule_stop(rule))
-    result.seed = cfg.seed
-    return result
+    return _gmm_result("gmm_enum_svi", fit, cfg, data, budget, fit.log_likelihood, _rule_stop(rule))
 
 
 @METHODS.register("gmm_amortized_svi")
 def gmm_amortized_svi(cfg: Config, data: Dataset, budget: Budget) -> MethodResult:
     """Gaussian mixture by SVI with an amortized categorical guide and score-function gradients (TraceGraph_ELBO)."""
-    x, _, init = _gmm_setup(cfg, data)
+    x, init = _gmm_setup(cfg, data)
     rule = _gmm_rule(budget, budget.max_iterations())
     fit = gmm.svi_amortized(x, init, lr=GMM_LR, seed=cfg.seed, stopping=rule)
     encoder = fit.modules["encoder"]
@@ -235,6 +234,4 @@ def gmm_amortized_svi(cfg: Config, data: Dataset, budget: Budget) -> MethodResul
         test_elbo = -TraceGraph_ELBO(num_particles=10, vectorize_particles=True, max_plate_nesting=1).loss(
             gmm.model, encoder.guide, test, fit.params) / len(test)
     last = fit.history.rows[-1].get("elbo", math.nan)
-    result = _gmm_result("gmm_amortized_svi", fit, data, budget, last, _rule_stop(rule), test_elbo=test_elbo)
-    result.seed = cfg.seed
-    return result
+    return _gmm_result("gmm_amortized_svi", fit, cfg, data, budget, last, _rule_stop(rule), test_elbo=test_elbo)

@@ -95,22 +95,6 @@ def check_seeds(seeds: int, baseline: Optional[str], methods: Sequence[Tuple[str
         raise ConfigError(f"--baseline {baseline}: not one of the compared methods ({', '.join(names)})")
 
 
-class _Local:
-    """A run in this process: the method object itself (it may be one no worker could rebuild)."""
-
-    def __init__(self, name: str, cfg: Config, method: Method):
-        self.name, self.cfg, self.method = name, cfg, method
-
-    def __call__(self, data, budget: Budget) -> MethodResult:
-        result = self.method(self.cfg, data, budget)
-        result.name, result.seed = self.name, self.cfg.seed
-        return result
-
-
-def _seed_of(run) -> int:
-    return run.cfg.seed if isinstance(run, _Local) else run.config["seed"]
-
-
 def tunes_lr(method: Method) -> bool:
     """Whether ``method`` trains with ``optim.lr`` (the SVI methods and variational EM), so a grid applies."""
     return bool(getattr(method, "tunes_lr", False))
@@ -199,13 +183,13 @@ def compare(cfg: Config, methods: List[Tuple[str, Method]], budget: Budget, out:
             chosen[name] = base.optim.lr
         for i in range(seeds):
             seeded = base if i == 0 else configure(base, [f"seed={cfg.seed + i}"])
-            runs.append(Run(name, seeded.to_dict(), specs.get(name)) if jobs > 1 else _Local(name, seeded, method))
+            runs.append(Run(name, seeded.to_dict(), specs.get(name), None if jobs > 1 else method))
     todo = [i for i in range(len(runs)) if i not in first]
     finished = [0]
 
     def started(k: int) -> None:
         run = runs[todo[k]]
-        say(f"[{k + 1}/{len(todo)}] {run.name}" + (f" (seed {_seed_of(run)})" if seeds > 1 else ""))
+        say(f"[{k + 1}/{len(todo)}] {run.name}" + (f" (seed {run.config['seed']})" if seeds > 1 else ""))
 
     def done(k: int, result: MethodResult) -> None:
         finished[0] += 1

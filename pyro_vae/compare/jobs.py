@@ -12,7 +12,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -26,14 +26,18 @@ from pyro_vae.errors import ConfigError
 
 @dataclass(frozen=True)
 class Run:
-    """One training of a comparison: method ``name`` (rebuilt from ``overrides`` when it is a ``--method-set``)
-    on the config ``config`` (a plain dict, so it crosses processes), whose ``seed`` is the run's seed."""
+    """One training of a comparison: method ``name`` on the config ``config`` (a plain dict, so it crosses
+    processes), whose ``seed`` is the run's seed. In this process ``local`` is the method object itself (it may be
+    one no worker could rebuild); a worker rebuilds it by name, or from ``overrides`` for a ``--method-set``."""
 
     name: str
     config: Dict[str, Any]
     overrides: Optional[Tuple[str, ...]] = None
+    local: Optional[Method] = field(default=None, compare=False, repr=False)
 
     def method(self) -> Method:
+        if self.local is not None:
+            return self.local
         return svi_method(list(self.overrides)) if self.overrides is not None else METHODS.get(self.name).fn
 
     def __call__(self, data: Dataset, budget: Budget) -> MethodResult:

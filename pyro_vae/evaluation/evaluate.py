@@ -29,12 +29,11 @@ import torch
 from pyro.distributions.kl import kl_divergence
 from tqdm.auto import tqdm
 
-from pyro_vae.evaluation.bounds import elbo_terms, log_weights, unit_kl_weight
+from pyro_vae.evaluation.bounds import elbo_terms, unit_kl_weight
 from pyro_vae.evaluation.gaps import refine_guide
-from pyro_vae.evaluation.iwae import TRACED_CHUNK_ELEMENTS, chunk_size, chunked_iwae, fused_log_weights, stock_vae
+from pyro_vae.evaluation.iwae import iwae
 from pyro_vae.evaluation.linear_gaussian import as_gaussian, linear_gaussian, marginal, posterior_distribution
 from pyro_vae.inference.kl import ANALYTIC, MONTE_CARLO, analytic_kl
-from pyro_vae.inference.objectives import unsupported_reason
 from pyro_vae.model import VAE
 
 ACTIVE_UNIT_THRESHOLD = 1e-2  # Burda et al. (2016): unit d is active if Cov_x(E_q[z_d]) > 0.01
@@ -121,9 +120,8 @@ def iwae_with_variance(model: Callable, guide: Callable, x: torch.Tensor, num_sa
                        bar=None) -> Tuple[torch.Tensor, torch.Tensor]:
     r"""Per-point IWAE bound ``log (1/K) sum_k w_k`` and its delta-method Monte Carlo variance, both ``(batch,)``.
 
-    The bound is :func:`pyro_vae.evaluation.iwae.iwae`'s (engine ``auto``: the same path, chunks and
-    draws for the same seed); the callable feeding :func:`chunked_iwae` also merges
-    :math:`\log \sum_k w_k^2` by a running log-sum-exp, so there is no second pass. With the
+    The bound is :func:`pyro_vae.evaluation.iwae.iwae`'s own (engine ``auto``); its ``observe`` hook also
+    merges :math:`\log \sum_k w_k^2` of the same draws by a running log-sum-exp, so there is no second pass. With the
     normalized weights :math:`\tilde w_k = w_k / \sum_j w_j` (in log space),
 
     .. math:: \mathrm{Var}\Big[\log \frac1K \sum_k w_k\Big] \approx \frac{\mathrm{Var}(w)}{K\, \mathrm{E}[w]^2}
@@ -133,28 +131,13 @@ def iwae_with_variance(model: Callable, guide: Callable, x: torch.Tensor, num_sa
     1/K: trustworthy when the effective sample size ``1 / sum_k w~_k^2`` is large, an underestimate
     when the weights are heavy-tailed. NaN for K = 1.
     """
-    vae = stock_vae(model, guide)
-    if vae is not None and unsupported_reason(vae, None, x) is None:  # the fused path, as iwae() takes it
-        q, prior = vae.encoder(x), vae.prior()
-        chunk = chunk_size(x.shape[0], width)
+    squares: list = []  # running log sum_k w_k^2 of the same draws, float64
 
-        def draw(k: int) -> torch.Tensor:
-            return fused_log_weights(vae, x, k, q, prior)
-    else:
-        chunk = chunk_size(x.shape[0], width, TRACED_CHUNK_ELEMENTS)
-
-        def draw(k: int) -> torch.Tensor:
-            return log_weights(model, guide, x, k)
-
-    squares: list = []  # running log sum_k w_k^2, float64
-
-    def log_weights_of(k: int) -> torch.Tensor:
-        log_w = draw(k)
+    def observe(log_w: torch.Tensor) -> None:
         chunk_lse = torch.logsumexp(2 * log_w.double(), dim=0)
         squares[:] = [chunk_lse if not squares else torch.logaddexp(squares[0], chunk_lse)]
-        return log_w
 
-    bound = chunked_iwae(log_weights_of, num_samples, chunk, bar)
+    bound = iwae(model, guide, x, num_samples, width, bar, observe=observe)
     if num_samples == 1:
         return bound, torch.full_like(bound, math.nan)
     log_sum = bound.double() + math.log(num_samples)

@@ -10,7 +10,7 @@ import torch
 
 from pyro_vae.errors import ConfigError
 from pyro_vae.evaluation.bounds import elbo_terms
-from pyro_vae.model import VAE
+from pyro_vae.model import VAE, frozen
 
 
 # -- Cremer et al. (2018): approximation and amortization gaps -------------------------------------
@@ -34,10 +34,7 @@ def refine_guide(vae: VAE, x: torch.Tensor, steps: int = 300, lr: float = 1e-2,
             return pyro.sample("z", dist.Normal(loc, log_scale.exp()).to_event(1))
 
     optimizer = torch.optim.Adam([loc, log_scale], lr=lr)
-    frozen = [p for p in vae.parameters() if p.requires_grad]
-    for p in frozen:  # only q_n moves; skip gradients for the decoder
-        p.requires_grad_(False)
-    try:
+    with frozen(vae.parameters()):  # only q_n moves; skip gradients for the decoder
         for _ in range(steps):
             elbo, _ = elbo_terms(vae.model, guide, x, num_particles)
             optimizer.zero_grad()
@@ -45,9 +42,6 @@ def refine_guide(vae: VAE, x: torch.Tensor, steps: int = 300, lr: float = 1e-2,
             optimizer.step()
             if bar is not None:
                 bar.update(x.shape[0])
-    finally:
-        for p in frozen:
-            p.requires_grad_(True)
     loc.requires_grad_(False)
     log_scale.requires_grad_(False)
     return guide

@@ -49,19 +49,23 @@ def stock_vae(model: Callable, guide: Callable) -> Optional[VAE]:
 
 
 def chunked_iwae(log_weights_of: Callable[[int], torch.Tensor], num_samples: int, chunk: int,
-                 bar=None) -> torch.Tensor:
+                 bar=None, observe: Optional[Callable[[torch.Tensor], None]] = None) -> torch.Tensor:
     r"""Per-point IWAE bound :math:`\log \frac{1}{K}\sum_{k=1}^K w_k`, shape ``(batch,)``, ``K = num_samples``.
 
     ``log_weights_of(k)`` returns ``k`` fresh log weights per point, ``(k, batch)``; it is called with
     ``chunk`` particles at a time (the last call with the rest), and the chunks are merged by
     :math:`\log \sum_{k \in A \cup B} w_k = \mathrm{logaddexp}(\log \sum_A w_k, \log \sum_B w_k)`,
     so memory is one chunk's whatever K is and no weight is exponentiated outside a log-sum-exp.
-    ``bar`` (tqdm) advances by particles x points.
+    ``bar`` (tqdm) advances by particles x points. ``observe(log_w)``, if given, sees every chunk's
+    ``(k, batch)`` log weights (to accumulate other statistics of the same draws, e.g. their mean).
     """
     running: Optional[torch.Tensor] = None
     for done in range(0, num_samples, chunk):
         k = min(chunk, num_samples - done)
-        chunk_lse = torch.logsumexp(log_weights_of(k), dim=0)  # (batch,)
+        log_w = log_weights_of(k)  # (k, batch)
+        if observe is not None:
+            observe(log_w)
+        chunk_lse = torch.logsumexp(log_w, dim=0)  # (batch,)
         running = chunk_lse if running is None else torch.logaddexp(running, chunk_lse)
         if bar is not None:
             bar.update(k * chunk_lse.shape[0])
@@ -69,7 +73,8 @@ def chunked_iwae(log_weights_of: Callable[[int], torch.Tensor], num_samples: int
 
 
 def iwae(model: Callable, guide: Callable, x: torch.Tensor, num_samples: int, width: Optional[int] = None,
-         bar=None, engine: str = "auto", compile: bool = False) -> torch.Tensor:
+         bar=None, engine: str = "auto", compile: bool = False,
+         observe: Optional[Callable[[torch.Tensor], None]] = None) -> torch.Tensor:
     """Per-point IWAE bound ``log (1/K) sum_k w_k`` (Burda et al.), shape ``(batch,)``.
 
     The K draws are taken in chunks of about ``chunk_size(batch, width)`` particles (``width``: the
@@ -78,7 +83,7 @@ def iwae(model: Callable, guide: Callable, x: torch.Tensor, num_samples: int, wi
     ``model`` and ``guide`` are a stock VAE's and its guide can ``rsample``, and Pyro's traced
     weights otherwise; ``pyro`` always traces (the oracle); ``fused`` refuses what it does not
     cover. Both draw the same ``z`` for the same seed. ``compile`` compiles the fused path's
-    decoder and likelihood.
+    decoder and likelihood. ``observe`` sees every chunk's log weights (:func:`chunked_iwae`).
     """
     if engine not in ENGINES:
         raise ConfigError(f"iwae engine {engine!r}: must be one of {', '.join(ENGINES)}")
@@ -89,9 +94,10 @@ def iwae(model: Callable, guide: Callable, x: torch.Tensor, num_samples: int, wi
     if compile and reason is not None:
         raise ConfigError(f"iwae compile: compiles the fused path only, which does not cover {reason}")
     if engine != "pyro" and reason is None:
-        return fused_iwae(vae, x, num_samples, chunk_size(x.shape[0], width or x.shape[-1]), bar=bar, compile=compile)
+        return fused_iwae(vae, x, num_samples, chunk_size(x.shape[0], width or x.shape[-1]), bar=bar, compile=compile,
+                          observe=observe)
     chunk = chunk_size(x.shape[0], width or x.shape[-1], TRACED_CHUNK_ELEMENTS)
-    return chunked_iwae(lambda k: log_weights(model, guide, x, k), num_samples, chunk, bar)
+    return chunked_iwae(lambda k: log_weights(model, guide, x, k), num_samples, chunk, bar, observe)
 
 
 def fused_log_weights(vae: VAE, x: torch.Tensor, num_particles: int, q: Optional[Distribution] = None, prior=None,
@@ -116,7 +122,8 @@ def fused_log_weights(vae: VAE, x: torch.Tensor, num_particles: int, q: Optional
 
 @torch.no_grad()
 def proposal_iwae(vae: VAE, q: Distribution, x: torch.Tensor, num_samples: int, chunk: Optional[int] = None,
-                  bar=None, compile: bool = False) -> torch.Tensor:
+                  bar=None, compile: bool = False,
+                  observe: Optional[Callable[[torch.Tensor], None]] = None) -> torch.Tensor:
     r"""Per-point IWAE bound of ``vae``'s model with the proposal ``q``, shape ``(batch,)``:
 
     .. math:: \log \frac{1}{K} \sum_{k=1}^K \frac{p(z_k)\, p(x|z_k)}{q(z_k)}, \qquad z_k \sim q,
@@ -137,11 +144,12 @@ def proposal_iwae(vae: VAE, q: Distribution, x: torch.Tensor, num_samples: int, 
         log_lik = partial(fast, full=k == chunk) if fast is not None else None
         return fused_log_weights(vae, x, k, q, prior, log_lik)
 
-    return chunked_iwae(chunk_log_weights, num_samples, chunk, bar)
+    return chunked_iwae(chunk_log_weights, num_samples, chunk, bar, observe)
 
 
 @torch.no_grad()
-def fused_iwae(vae: VAE, x: torch.Tensor, num_samples: int, chunk: int, bar=None, compile: bool = False) -> torch.Tensor:
+def fused_iwae(vae: VAE, x: torch.Tensor, num_samples: int, chunk: int, bar=None, compile: bool = False,
+               observe: Optional[Callable[[torch.Tensor], None]] = None) -> torch.Tensor:
     r"""Per-point IWAE bound :math:`\log \frac{1}{K}\sum_k w_k`, ``(batch,)``, with the encoder's q(z|x) as proposal:
     :func:`proposal_iwae` with ``q = vae.encoder(x)``, run once for all ``chunk``-particle chunks."""
-    return proposal_iwae(vae, vae.encoder(x), x, num_samples, chunk, bar=bar, compile=compile)
+    return proposal_iwae(vae, vae.encoder(x), x, num_samples, chunk, bar=bar, compile=compile, observe=observe)

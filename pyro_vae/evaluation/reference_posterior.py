@@ -20,22 +20,20 @@ from __future__ import annotations
 
 import math
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Dict, Iterator, List, Optional, Tuple, Union
+from typing import Dict, List, Optional, Tuple, Union
 
 import pyro.distributions as dist
 import torch
 from pyro.infer import MCMC, NUTS
 from pyro.ops.stats import fit_generalized_pareto
-from torch import nn
 from torch.distributions import Distribution, kl_divergence
 
 from pyro_vae.errors import ConfigError
 from pyro_vae.evaluation.decode import log_likelihood
 from pyro_vae.evaluation.iwae import fused_log_weights
 from pyro_vae.evaluation.linear_gaussian import as_gaussian
-from pyro_vae.model import VAE, own_rng
+from pyro_vae.model import VAE, frozen, own_rng
 
 
 @dataclass
@@ -78,20 +76,6 @@ def sample_covariance(samples: torch.Tensor) -> torch.Tensor:
     """Unbiased covariance over the first dimension: ``(S, N, D) -> (N, D, D)``."""
     centred = samples - samples.mean(0)
     return torch.einsum("sni,snj->nij", centred, centred) / (samples.shape[0] - 1)
-
-
-@contextmanager
-def frozen(module: nn.Module) -> Iterator[None]:
-    """Run the block with every parameter of ``module`` set not to require gradients, then restore them:
-    autograd through the potential then reaches only z, and no parameter's ``.grad`` is touched."""
-    params = [p for p in module.parameters() if p.requires_grad]
-    for p in params:
-        p.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p in params:
-            p.requires_grad_(True)
 
 
 def log_joint(vae: VAE, z: torch.Tensor, x: torch.Tensor, prior: Optional[Distribution] = None) -> torch.Tensor:
@@ -163,7 +147,7 @@ def hmc_posterior(vae: VAE, x: torch.Tensor, num_samples: int = 1000, warmup_ste
     x = x.to(vae.device)
     options = {"target_accept_prob": target_accept_prob, "full_mass": full_mass, "max_tree_depth": max_tree_depth}
     start = time.perf_counter()
-    with own_rng(seed, vae.device), frozen(vae):
+    with own_rng(seed, vae.device), frozen(vae.parameters()):
         z0 = (vae.latent_summary(x)[0] if init is None else init.to(x)).detach().clone()
         groups = [slice(None)] if joint else [slice(n, n + 1) for n in range(x.shape[0])]
         runs = [_run_nuts(vae, x[g], z0[g], num_samples, warmup_steps, options) for g in groups]

@@ -22,7 +22,7 @@ from typing import Dict
 
 import torch
 
-from pyro_vae.evaluation.iwae import chunk_size, chunked_iwae, fused_log_weights
+from pyro_vae.evaluation.iwae import proposal_iwae
 from pyro_vae.evaluation.linear_gaussian import exact_log_likelihood, is_linear_gaussian
 from pyro_vae.model import VAE
 
@@ -59,15 +59,8 @@ class Yardstick:
 
 
 def _log_weight_stats(vae: VAE, x: torch.Tensor, num_samples: int) -> "tuple[torch.Tensor, torch.Tensor]":
-    """Per point, ``log (1/K) sum_k w_k`` (the IWAE loop of :func:`chunked_iwae`) and ``(1/K) sum_k log w_k``
-    from the same K draws of q(z|x)."""
-    q, prior = vae.encoder(x), vae.prior()
+    """Per point, ``log (1/K) sum_k w_k`` (:func:`proposal_iwae` with the encoder's q(z|x)) and
+    ``(1/K) sum_k log w_k`` of the same K draws."""
     total = torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)
-
-    def log_weights_of(k: int) -> torch.Tensor:
-        log_w = fused_log_weights(vae, x, k, q, prior)  # (k, N)
-        total.add_(log_w.double().sum(0))
-        return log_w
-
-    lse = chunked_iwae(log_weights_of, num_samples, chunk_size(x.shape[0], x.shape[-1]))
+    lse = proposal_iwae(vae, vae.encoder(x), x, num_samples, observe=lambda log_w: total.add_(log_w.double().sum(0)))
     return lse, total / num_samples

@@ -365,7 +365,6 @@ def test_iwae_with_variance_takes_iwaes_draws_and_the_delta_method_of_them(trace
     vae, x = pca_vae()
     monkeypatch.setattr(iwae_module, "CHUNK_ELEMENTS", 3 * 60 * 5)
     monkeypatch.setattr(iwae_module, "TRACED_CHUNK_ELEMENTS", 3 * 60 * 5)
-    monkeypatch.setattr(evaluate_module, "TRACED_CHUNK_ELEMENTS", 3 * 60 * 5)
     guide = vae.guide
     if traced:
         def guide(x_):
