@@ -19,9 +19,12 @@ unconverged. --budget fixed: exactly --epochs or --seconds at the constant optim
 
 The yardstick: while it trains, every method is scored on the same estimator of log p(x) (exact for a
 linear-Gaussian model, else IWAE with --yardstick-samples K) on --yardstick-points fixed validation points.
-The final table leads with test log p(x) (exact, else IWAE with --samples K). With --seeds N every number is
-a mean and spread across N seeds, and differences against --baseline (default: the first method) are paired
-by seed (mean and standard error). --jobs J trains J runs at a time in worker processes.
+The final table leads with test log p(x): exact where a closed form exists, else IWAE with --samples K
+draws from each method's own q, or with --final ais annealed importance sampling (--ais-steps T
+temperatures, --ais-chains C chains per point, --hmc-leapfrog L leapfrog steps per HMC move) from each
+method's q to p(z|x): the same reference for every method, which IWAE-K is not (a better q gets a
+tighter bound). With --seeds N every number is a mean and spread across N seeds, and differences against
+--baseline (default: the first method) are paired by seed (mean and standard error). --jobs J trains J runs at a time in worker processes.
 
 Step sizes: every method that takes one trains with optim.lr unless --lr-grid names values to choose from,
 per method, by the first seed's validation yardstick (the report says which was used).
@@ -40,7 +43,7 @@ from pathlib import Path
 
 from pyro_vae.commands.train import add_config_arguments
 from pyro_vae.compare.comparison import compare, resolve_methods
-from pyro_vae.compare.methods import DEFAULT_SECONDS_CAP, METHODS, STOPS, Budget
+from pyro_vae.compare.methods import DEFAULT_SECONDS_CAP, FINALS, METHODS, STOPS, Budget
 from pyro_vae.compare.svi import BUILTIN_SETS
 from pyro_vae.config import load
 
@@ -72,6 +75,14 @@ def add_arguments(p) -> None:
                    help="choose optim.lr per method from these values by the validation yardstick of the first "
                         "seed (every method that takes a step size; default: optim.lr for all, no search)")
     p.add_argument("--samples", type=int, default=1000, metavar="K", help="importance samples K of the test IWAE (default 1000)")
+    p.add_argument("--final", choices=FINALS, default="iwae",
+                   help="estimator of the final test log p(x) where no closed form exists: iwae (default; IWAE with "
+                        "--samples K from each method's q) or ais (annealed importance sampling, the same for all)")
+    p.add_argument("--ais-steps", type=int, default=100, metavar="T",
+                   help="AIS temperatures with --final ais (default 100)")
+    p.add_argument("--ais-chains", type=int, default=16, metavar="C", help="AIS chains per test point (default 16)")
+    p.add_argument("--hmc-leapfrog", type=int, default=10, metavar="L",
+                   help="leapfrog steps of each AIS HMC move (default 10)")
     p.add_argument("--yardstick-samples", type=int, default=100, metavar="K",
                    help="importance samples K of the yardstick, the validation IWAE every method is scored on "
                         "while it trains (default 100; exact log p(x) where it exists)")
@@ -109,7 +120,8 @@ def run(args) -> int:
                                ("--samples", args.samples, 0), ("--grad-samples", args.grad_samples, 1),
                                ("--yardstick-samples", args.yardstick_samples, 0),
                                ("--yardstick-points", args.yardstick_points, 0), ("--seeds", args.seeds, 0),
-                               ("--jobs", args.jobs, 0)):
+                               ("--jobs", args.jobs, 0), ("--ais-steps", args.ais_steps, 0),
+                               ("--ais-chains", args.ais_chains, 0), ("--hmc-leapfrog", args.hmc_leapfrog, 0)):
         if value is not None and not (math.isfinite(value) and value > least):
             raise ConfigError(f"{flag} {value}: must be a finite number > {least}")
     grid = _lr_grid(args.lr_grid)
@@ -119,7 +131,8 @@ def run(args) -> int:
     seconds = args.seconds if args.seconds is not None or args.budget == "fixed" else DEFAULT_SECONDS_CAP
     budget = Budget(stop=args.budget, epochs=args.epochs, seconds=seconds, eval_samples=args.samples,
                     grad_samples=args.grad_samples, yardstick_samples=args.yardstick_samples,
-                    yardstick_points=args.yardstick_points)
+                    yardstick_points=args.yardstick_points, final=args.final, ais_steps=args.ais_steps,
+                    ais_chains=args.ais_chains, ais_leapfrog=args.hmc_leapfrog)
     out = Path(args.out) if args.out else Path("runs") / f"compare-{time.strftime('%Y%m%d-%H%M%S')}"
     command = "pyro-vae " + shlex.join(getattr(args, "_argv", ["compare"]))
     report = compare(cfg, methods, budget, out, overwrite=args.overwrite, seeds=args.seeds, baseline=args.baseline,

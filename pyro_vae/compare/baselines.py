@@ -22,7 +22,7 @@ from pyro.infer import TraceGraph_ELBO
 from pyro_vae.baselines import gmm, ppca
 from pyro_vae.baselines import variational_em as ve
 from pyro_vae.baselines.history import ConvergenceWarning, Fit
-from pyro_vae.compare.methods import METHODS, Budget, MethodResult
+from pyro_vae.compare.methods import METHODS, Budget, MethodResult, final_test_log_px
 from pyro_vae.compare.svi import svi_method
 from pyro_vae.config import Config
 from pyro_vae.data import Dataset
@@ -133,6 +133,8 @@ def variational_em(cfg: Config, data: Dataset, budget: Budget) -> MethodResult:
     test_elbo = _elbo(vae, q_test.guide_for(idx), test, elbo)
     iwae = float(torch.cat([proposal_iwae(vae, q_test.q(i), test[i], budget.eval_samples) for i in idx.split(256)]).mean())
     exact = exact_log_likelihood(vae, test) if fit.exact else None
+    final = final_test_log_px(budget, vae, test, exact, {"mean": iwae}, proposal=q_test.q,
+                              iwae_label=f"IWAE-{budget.eval_samples} (after a {INFER_STEPS}-step E-step)")
     if fit.exact:
         val_log_px = exact_log_likelihood(vae, yardstick.points)
     else:
@@ -146,12 +148,12 @@ def variational_em(cfg: Config, data: Dataset, budget: Budget) -> MethodResult:
     return MethodResult(
         name="variational_em", train_elbo=fit.history.rows[-1]["elbo"],
         val_elbo=_elbo(vae, q_val.guide_for(torch.arange(len(val))), val, elbo),
-        test_log_likelihood=exact if exact is not None else iwae, exact_log_likelihood=exact, test_elbo=test_elbo,
+        test_log_likelihood=final["test_log_likelihood"], exact_log_likelihood=exact, test_elbo=test_elbo,
         seconds=seconds, examples_per_second=fit.epochs * len(data.train) / max(seconds, 1e-9),
         iterations=fit.gradient_steps, curve=curve, seed=cfg.seed, val_log_px=val_log_px,
-        estimator="exact" if exact is not None else f"IWAE-{budget.eval_samples} (after a {INFER_STEPS}-step E-step)",
-        epochs=fit.epochs, **_rule_stop(fit.rule),
-        extra={"test_iwae": iwae, "held_out_e_steps": INFER_STEPS, "lr": cfg.optim.lr, "final_lr": fit.rule.lr,
+        estimator=final["estimator"], epochs=fit.epochs, **_rule_stop(fit.rule),
+        extra={**final["extra"], "test_iwae": iwae, "held_out_e_steps": INFER_STEPS, "lr": cfg.optim.lr,
+               "final_lr": fit.rule.lr,
                "curve_val_elbo": "training ELBO per epoch (held-out points need an E-step)"})
 
 

@@ -3,17 +3,25 @@
 from __future__ import annotations
 
 import inspect
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Dict, List, Optional
+
+import torch
+from torch.distributions import Distribution
 
 from pyro_vae.config import Config, TrainConfig, apply_overrides, validate
 from pyro_vae.data import Dataset
 from pyro_vae.errors import ConfigError
+from pyro_vae.evaluation.ais import ais_points
+from pyro_vae.evaluation.evaluate import mc_se
 from pyro_vae.evaluation.yardstick import Yardstick
+from pyro_vae.model import own_rng
 from pyro_vae.registry import Named
 from pyro_vae.training.stopping import BudgetLimit, EpochLimit, Plateau
 
 STOPS = ("converged", "fixed")
+FINALS = ("iwae", "ais")  # the estimator of the final test log p(x) where no closed form exists
 DEFAULT_SECONDS_CAP = 300.0  # per method and seed, when compare is not told otherwise
 MAX_EM_ITERATIONS = 10_000  # the iteration cap of EM-type methods when the budget sets no epochs
 
@@ -37,6 +45,11 @@ class Budget:
     ``eval_samples`` is K of the test IWAE bound, ``grad_samples`` the number of repeated gradient
     evaluations behind the gradient-variance estimate, ``yardstick_samples`` and ``yardstick_points`` the
     K and the number of validation points of the yardstick (:class:`~pyro_vae.evaluation.yardstick.Yardstick`).
+
+    ``final`` is the estimator of the final test log p(x) for a model without a closed form: ``iwae``, the
+    IWAE bound with ``eval_samples`` draws from the method's own q (a ruler that depends on q), or ``ais``,
+    annealed importance sampling with ``ais_steps`` temperatures, ``ais_chains`` chains per point and
+    ``ais_leapfrog`` leapfrog steps per HMC move (:meth:`final_estimate`), the same reference for every method.
     """
 
     stop: str = "converged"
@@ -46,10 +59,19 @@ class Budget:
     grad_samples: int = 50
     yardstick_samples: int = 100
     yardstick_points: int = 500
+    final: str = "iwae"
+    ais_steps: int = 100
+    ais_chains: int = 16
+    ais_leapfrog: int = 10
 
     def __post_init__(self):
         if self.stop not in STOPS:
             raise ConfigError(f"budget: stop '{self.stop}' is not one of {', '.join(STOPS)}")
+        if self.final not in FINALS:
+            raise ConfigError(f"budget: final '{self.final}' is not one of {', '.join(FINALS)}")
+        for key in ("ais_steps", "ais_chains", "ais_leapfrog"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"budget: {key} {getattr(self, key)} must be at least 1")
         if self.stop == "fixed" and self.epochs is None and self.seconds is None:
             raise ConfigError("budget: a fixed budget needs --epochs or --seconds")
 
@@ -78,6 +100,32 @@ class Budget:
         split (the training split when there is none), ``yardstick_samples`` importance samples."""
         val = data.val if len(data.val) else data.train
         return Yardstick(val, self.yardstick_samples, self.yardstick_points)
+
+    def final_estimate(self, vae, x: torch.Tensor,
+                       proposal: Optional[Callable[[torch.Tensor], Distribution]] = None) -> Optional[Dict[str, Any]]:
+        """The final test log p(x) of ``vae`` on ``x`` ``(N, x_dim)`` when ``final = "ais"``, else None (the
+        method's IWAE-``eval_samples`` stands).
+
+        AIS (:func:`~pyro_vae.evaluation.ais.ais_points`) anneals from q(z|x), the encoder's or ``proposal(rows)``
+        for a method without one, to p(z|x) along the geometric path: its expectation is a lower bound on log p(x)
+        that tends to it as the steps grow, for any start, so it does not flatter the method with the best q the
+        way IWAE-K does. Returns ``{"mean", "se", "mc_se", "estimator", "accept"}`` (nats per point; ``se`` over the
+        points, ``mc_se`` the Monte Carlo error given them), on its own RNG stream seeded 0."""
+        if self.final != "ais":
+            return None
+        with own_rng(0, vae.device):
+            result = ais_points(vae, x.to(vae.device), proposal=proposal, num_steps=self.ais_steps,
+                                num_chains=self.ais_chains, leapfrog_steps=self.ais_leapfrog)
+        n = len(result.log_px)
+        se = float(result.log_px.std() / math.sqrt(n)) if n > 1 else math.nan
+        return {"mean": float(result.log_px.mean()), "se": se, "mc_se": mc_se(result.variance),
+                "accept": float(result.accept.mean()), "estimator": self.final_estimator()}
+
+    def final_estimator(self) -> str:
+        """The name of the final estimator where no closed form exists: ``IWAE-1000`` or ``AIS (T=100, C=16, L=10)``."""
+        if self.final == "ais":
+            return f"AIS (T={self.ais_steps}, C={self.ais_chains}, L={self.ais_leapfrog})"
+        return f"IWAE-{self.eval_samples}"
 
     def max_iterations(self) -> int:
         """The iteration cap of an EM-type method."""
@@ -168,6 +216,27 @@ class MethodRegistry(Named[MethodEntry]):
 
 
 METHODS = MethodRegistry()
+
+
+def final_test_log_px(budget: Budget, vae, x: torch.Tensor, exact: Optional[float], iwae: Dict[str, float],
+                      proposal: Optional[Callable[[torch.Tensor], Distribution]] = None,
+                      iwae_label: Optional[str] = None) -> Dict[str, Any]:
+    """A method's final test log p(x) on ``x`` and the estimator behind it, as MethodResult fields.
+
+    ``exact`` (a closed form) wins; else AIS when ``budget.final = "ais"`` (:meth:`Budget.final_estimate`, started
+    at ``proposal`` for a method without an encoder), else the method's ``iwae`` ``{"mean", "se"}`` with
+    ``budget.eval_samples`` draws (``iwae_label`` names it, e.g. when q came from an E-step). Returns
+    ``{"test_log_likelihood", "estimator", "extra"}``; ``extra`` has ``test_log_likelihood_se`` and the AIS
+    numbers (``test_ais``, ``test_ais_se``, ``test_ais_mc_se``, ``ais_accept``) when AIS ran."""
+    if exact is not None:
+        return {"test_log_likelihood": exact, "estimator": "exact", "extra": {"test_log_likelihood_se": 0.0}}
+    ais = budget.final_estimate(vae, x, proposal)
+    if ais is None:
+        return {"test_log_likelihood": iwae["mean"], "estimator": iwae_label or budget.final_estimator(),
+                "extra": {"test_log_likelihood_se": iwae.get("se")}}
+    return {"test_log_likelihood": ais["mean"], "estimator": ais["estimator"],
+            "extra": {"test_log_likelihood_se": ais["se"], "test_ais": ais["mean"], "test_ais_se": ais["se"],
+                      "test_ais_mc_se": ais["mc_se"], "ais_accept": ais["accept"]}}
 
 
 def configure(cfg: Config, overrides: List[str]) -> Config:

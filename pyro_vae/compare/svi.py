@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, Dict, List, Optional
 
 from pyro_vae.build import build_seeded
-from pyro_vae.compare.methods import METHODS, Budget, Method, MethodResult, configure
+from pyro_vae.compare.methods import METHODS, Budget, Method, MethodResult, configure, final_test_log_px
 from pyro_vae.config import Config
 from pyro_vae.data import Dataset
 from pyro_vae.evaluation.evaluate import evaluate_points
@@ -42,7 +42,7 @@ def svi_method(overrides: List[str]) -> Method:
 def train_svi(cfg: Config, data: Dataset, budget: Budget, name: str = "", extra: Optional[Dict[str, Any]] = None,
               progress: bool = False) -> MethodResult:
     """Train the VAE of ``cfg`` under the budget on the loop of ``pyro-vae train``, scored on the yardstick;
-    evaluate the parameters it ends with on the test split.
+    evaluate the parameters it ends with on the test split (test log p(x): :func:`final_test_log_px`).
 
     The Trainer is the one :meth:`Trainer.from_config` makes for ``pyro-vae train`` (the same engine,
     fused Adam, device, seeds, data order and non-finite guard), with :meth:`Budget.rule` as its stopping
@@ -73,22 +73,24 @@ def train_svi(cfg: Config, data: Dataset, budget: Budget, name: str = "", extra:
     test = data.test if len(data.test) else val
     ev = evaluate_points(vae, test, samples=budget.eval_samples)
     exact = ev["log_likelihood"]["mean"] if ev["log_likelihood"] is not None else None
+    final = final_test_log_px(budget, vae, test, exact, ev["iwae"])
     batch = data.train[: cfg.train.batch_size]
     # of the method's own objective (Pyro's, whatever engine trained it: the fused loss is its twin)
     variance = gradient_variance(vae, build_elbo(cfg.inference), batch, budget.grad_samples)
     seconds = trainer.seconds
     return MethodResult(
         name=name, train_elbo=rows[kept - 1]["train_elbo"], val_elbo=curve[kept - 1]["val_elbo"],
-        test_log_likelihood=exact if exact is not None else ev["iwae"]["mean"],
-        exact_log_likelihood=exact, test_elbo=ev["elbo"]["mean"], seconds=seconds,
+        test_log_likelihood=final["test_log_likelihood"], exact_log_likelihood=exact, test_elbo=ev["elbo"]["mean"],
+        seconds=seconds,
         examples_per_second=trainer.epoch * len(data.train) / max(seconds, 1e-9),
         iterations=trainer.step, curve=curve, seed=cfg.seed, converged=rule.converged and not rule.capped,
         stop_reason=rule.reason, stop_detail=rule.describe(), val_log_px=curve[kept - 1]["val_log_px"],
-        estimator="exact" if exact is not None else f"IWAE-{budget.eval_samples}", epochs=trainer.epoch,
+        estimator=final["estimator"], epochs=trainer.epoch,
         extra={**(extra or {}), "best_epoch": kept, "lr": cfg.optim.lr, "final_lr": rule.lr,
                "engine": trainer.engine, "device": str(trainer.device), "yardstick": yardstick.estimator(vae),
-               "test_iwae": ev["iwae"]["mean"], "test_iwae_se": ev["iwae"]["se"], "test_elbo_se": ev["elbo"]["se"],
-               "test_log_likelihood_se": (ev["log_likelihood"] or ev["iwae"])["se"],
+               "test_iwae": ev["iwae"]["mean"], "test_iwae_se": ev["iwae"]["se"],
+               "test_iwae_mc_se": ev["iwae"]["mc_se"], "test_elbo_se": ev["elbo"]["se"],
+               **final["extra"],
                "grad_variance_encoder": variance["encoder"], "grad_variance_decoder": variance["decoder"],
                "inference": cfg.inference.model_dump()},
     )

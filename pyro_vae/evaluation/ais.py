@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import Callable, List, Optional, Tuple, Union
 
 import torch
 from torch.distributions import Distribution
@@ -80,6 +80,22 @@ class AISResult:
     step_size: torch.Tensor
     step_sizes: torch.Tensor
     accept: torch.Tensor
+
+    @property
+    def variance(self) -> torch.Tensor:
+        """Delta-method Monte Carlo variance of ``log_px`` per point ``(N,)``, as for the IWAE bound
+        (:func:`pyro_vae.evaluation.evaluate.iwae_with_variance`): :math:`(C \\sum_c \\tilde w_c^2 - 1) / (C - 1)`
+        with the normalized weights; NaN for one chain."""
+        c = self.log_weights.shape[0]
+        if c == 1:
+            return torch.full_like(self.log_px, math.nan)
+        return ((c / self.ess - 1) / (c - 1)).clamp_min(0)
+
+    @staticmethod
+    def cat(parts: List["AISResult"]) -> "AISResult":
+        """The results of consecutive batches of points as one (points along the last dimension)."""
+        return AISResult(*(torch.cat([getattr(p, f) for p in parts], dim=-1) for f in
+                           ("log_px", "log_weights", "step_size", "step_sizes", "accept")))
 
     @property
     def ess(self) -> torch.Tensor:
@@ -205,7 +221,7 @@ def hmc_transition(vae: VAE, x: torch.Tensor, z: torch.Tensor, step_size: torch.
 
 @torch.no_grad()
 def _anneal(path: _Path, z: torch.Tensor, betas: torch.Tensor, leapfrog_steps: int, step_size, target_accept: float,
-            adapt_rate: float) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+            adapt_rate: float, bar=None) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     r"""Run C x N chains from ``z`` ``(C, N, D)`` along ``betas`` (either direction): the log weights ``(C, N)``,
     :math:`\sum_i (\beta_i - \beta_{i-1}) [\log p(x, z) - \log q_0(z)]` before each transition, the step sizes used
     ``(len(betas) - 2, N)``, the final step size ``(N,)`` and the mean acceptance ``(N,)``.
@@ -213,6 +229,7 @@ def _anneal(path: _Path, z: torch.Tensor, betas: torch.Tensor, leapfrog_steps: i
     ``step_size``: a float, the first step size, then adapted after every transition from the chains' acceptance
     (:math:`\epsilon \leftarrow \epsilon\, e^{\kappa (\bar a - a^*)}`, :math:`\kappa` = ``adapt_rate``,
     :math:`a^*` = ``target_accept``); or a tensor ``(len(betas) - 2, N)``, the step size of each transition, fixed.
+    ``bar`` (a tqdm bar), if given, advances by N per temperature.
     """
     num = len(betas) - 2  # transitions: none after the last weight update
     n = z.shape[1]
@@ -226,6 +243,8 @@ def _anneal(path: _Path, z: torch.Tensor, betas: torch.Tensor, leapfrog_steps: i
     b = betas.tolist()
     for i in range(1, len(b)):
         log_w += (b[i] - b[i - 1]) * (state[2] - state[1])
+        if bar is not None:
+            bar.update(n)
         if i == len(b) - 1:
             break
         if fixed:
@@ -240,8 +259,11 @@ def _anneal(path: _Path, z: torch.Tensor, betas: torch.Tensor, leapfrog_steps: i
     return log_w, used_t, step, accept_sum / num if num > 0 else torch.full_like(accept_sum, math.nan)
 
 
-def _start(vae: VAE, x: torch.Tensor, initial: str) -> Tuple[Distribution, Distribution]:
+def _start(vae: VAE, x: torch.Tensor, initial: Union[str, Distribution]) -> Tuple[Distribution, Distribution]:
     """``(q0, prior)`` built without autograd history (their parameters are constants for the chains)."""
+    if isinstance(initial, Distribution):
+        with torch.no_grad():
+            return initial, vae.prior()
     if initial not in INITIALS:
         raise ConfigError(f"ais initial {initial!r}: must be one of {', '.join(INITIALS)}")
     with torch.no_grad():
@@ -261,8 +283,9 @@ def _check(x: torch.Tensor, vae: VAE, num_chains: int, leapfrog_steps: int, chun
 
 @torch.no_grad()
 def ais(vae: VAE, x: torch.Tensor, num_steps: int = 100, num_chains: int = 16, leapfrog_steps: int = 10,
-        initial: str = "encoder", schedule: str = "sigmoid", step_size=0.1, target_accept: float = 0.65,
-        adapt_rate: float = 0.5, chunk_chains: Optional[int] = None) -> AISResult:
+        initial: Union[str, Distribution] = "encoder", schedule: str = "sigmoid", step_size=0.1,
+        target_accept: float = 0.65, adapt_rate: float = 0.5, chunk_chains: Optional[int] = None,
+        bar=None) -> AISResult:
     r"""Per-point AIS estimate of log p(x) for ``x`` ``(N, x_dim)``, with C = ``num_chains`` chains per point.
 
     .. math::
@@ -273,7 +296,8 @@ def ais(vae: VAE, x: torch.Tensor, num_steps: int = 100, num_chains: int = 16, l
         \log \hat p(x_n) = \mathrm{logsumexp}_c \log w_{c,n} - \log C.
 
     ``q0``: ``initial="encoder"``, the encoder's q(z|x) (batch ``(N,)``, event ``(latent_dim,)``); ``"prior"``,
-    p(z). The target is the model's own components, ``vae.prior().log_prob(z)`` and the likelihood's
+    p(z); or a distribution of batch ``(N,)`` (e.g. a per-point refined guide). The target is the model's own
+    components, ``vae.prior().log_prob(z)`` and the likelihood's
     ``log_prob`` of x at ``vae.decoder(z)``, so any registered prior, decoder and likelihood work (continuous z).
     ``schedule``: :func:`beta_schedule`. The HMC step size is one per point, shared by its chains, starting at
     ``step_size`` and adapted after every transition toward acceptance ``target_accept`` (rate ``adapt_rate``);
@@ -292,9 +316,25 @@ def ais(vae: VAE, x: torch.Tensor, num_steps: int = 100, num_chains: int = 16, l
     draw = q0.rsample if q0.has_rsample else q0.sample  # rsample: the draws of fused_log_weights for a seed
     z = draw((num_chains,) if q0.batch_shape else (num_chains, x.shape[0]))  # (C, N, D)
     path = _Path(vae, x, q0, prior, chunk_chains or num_chains)
-    log_w, used, step, accept = _anneal(path, z, betas, leapfrog_steps, step_size, target_accept, adapt_rate)
+    log_w, used, step, accept = _anneal(path, z, betas, leapfrog_steps, step_size, target_accept, adapt_rate, bar)
     log_px = torch.logsumexp(log_w, 0) - math.log(num_chains)  # (N,)
     return AISResult(log_px, log_w, step, used, accept)
+
+
+def ais_points(vae: VAE, x: torch.Tensor, batch_size: int = 256,
+               proposal: Optional[Callable[[torch.Tensor], Distribution]] = None, bar=None, **settings) -> AISResult:
+    """:func:`ais` on the rows of ``x`` ``(N, x_dim)``, ``batch_size`` points at a time (memory is per batch),
+    as one :class:`AISResult`. ``proposal(rows)``, if given, is q0 for the row indices ``rows`` (a per-point guide
+    of a method without an encoder); ``settings`` are :func:`ais`'s keywords. Each point's chains and step size
+    are its own, so batching changes only which random numbers a point gets."""
+    if batch_size < 1:
+        raise ConfigError(f"ais batch_size {batch_size}: must be at least 1")
+    parts = []
+    for rows in torch.arange(x.shape[0]).split(batch_size):
+        if proposal is not None:
+            settings["initial"] = proposal(rows)
+        parts.append(ais(vae, x[rows], bar=bar, **settings))
+    return AISResult.cat(parts)
 
 
 @torch.no_grad()
