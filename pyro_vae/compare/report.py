@@ -112,8 +112,8 @@ def _main_table(summary: Mapping[str, Any], groups: Mapping[str, List[Mapping[st
                 n_seeds: int) -> List[str]:
     lines = ["## Results", "",
              "| method | test log p(x) | test ELBO | val log p(x) (yardstick) | converged | stopped | epochs | seconds "
-             "| examples/s | lr | grad var (enc) | grad var (dec) |",
-             "|---|---:|---:|---:|---|---|---:|---:|---:|---|---:|---:|"]
+             "| examples/s | lr | grad var (enc) | grad var (dec) | grad SNR (enc) | grad SNR (dec) |",
+             "|---|---:|---:|---:|---|---|---:|---:|---:|---|---:|---:|---:|---:|"]
     many = n_seeds > 1
     for m in summary["methods"]:
         rows = groups[m["name"]]
@@ -124,10 +124,10 @@ def _main_table(summary: Mapping[str, Any], groups: Mapping[str, List[Mapping[st
         conv = "yes" if ok else ("**NO**" + (f" ({m['n_converged']}/{m['n_seeds']})" if m["n_seeds"] > 1 else ""))
         stops = ", ".join(f"{r} \u00d7{c}" if many else str(r) for r, c in m["stop_reasons"].items())
         grads = [_pm(spread(r.get("extra", {}).get(k) for r in rows), ".3g")
-                 for k in ("grad_variance_encoder", "grad_variance_decoder")]
+                 for k in ("grad_variance_encoder", "grad_variance_decoder", "grad_snr_encoder", "grad_snr_decoder")]
         lines.append(f"| {name} | {_pm(m['test_log_likelihood'])} | {_pm(m['test_elbo'])} | {_pm(m['val_log_px'])} "
                      f"| {conv} | {_cell(stops)} | {_pm(m['epochs'], '.0f')} | {_pm(m['seconds'], '.1f')} "
-                     f"| {_pm(m['examples_per_second'], '.0f')} | {_lr(rows)} | {grads[0]} | {grads[1]} |")
+                     f"| {_pm(m['examples_per_second'], '.0f')} | {_lr(rows)} | {' | '.join(grads)} |")
     unconverged = [r for rows in groups.values() for r in rows if not r.get("converged")]
     if unconverged:
         lines += ["", f"{DAGGER} **Not converged**: these runs stopped at a cap, so their numbers are where the cap "
@@ -178,6 +178,12 @@ def _how_to_read(report: Mapping[str, Any], groups: Mapping[str, List[Mapping[st
                  f"(median over the {len(ses)} runs that report it)")
     text += ". "
     text += "All numbers are nats per point; higher is better."
+    floors = [r["extra"]["grad_snr_floor"] for rows in groups.values() for r in rows
+              if r.get("extra", {}).get("grad_snr_floor") is not None]
+    if floors:
+        text += (" *grad var* and *grad SNR* are the trace of the covariance and the mean per-coordinate "
+                 "signal-to-noise ratio |mean| / sd (Rainforth et al. 2018) of the method's own gradient on one "
+                 f"batch at the final parameters; an SNR near {floors[0]:.2f} is indistinguishable from no signal.")
     lines = [text, ""]
     missing = [n for n, rows in groups.items() if not _has_curve(rows)]
     if missing:

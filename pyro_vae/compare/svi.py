@@ -9,7 +9,7 @@ from pyro_vae.compare.methods import METHODS, Budget, Method, MethodResult, conf
 from pyro_vae.config import Config
 from pyro_vae.data import Dataset
 from pyro_vae.evaluation.evaluate import evaluate_points
-from pyro_vae.evaluation.gradients import gradient_variance
+from pyro_vae.evaluation.gradients import gradient_statistics
 from pyro_vae.inference.objectives import build_elbo
 from pyro_vae.training.trainer import Trainer
 
@@ -51,7 +51,8 @@ def train_svi(cfg: Config, data: Dataset, budget: Budget, name: str = "", extra:
     ``stop = "converged"``). ``curve`` has one ``{"epoch", "wall_time", "val_log_px", "val_elbo", "train_elbo", "lr"}`` per
     epoch (nats per point at ``wall_time`` seconds of training; the ELBO from the yardstick's own draws).
     Evaluation runs on the CPU: the test bounds with ``budget.eval_samples`` importance samples, and the
-    gradient variance of the method's own objective over ``budget.grad_samples`` repeats on one batch.
+    gradient variance and signal-to-noise ratio (:func:`~pyro_vae.evaluation.gradients.gradient_statistics`) of
+    the method's own objective over ``budget.grad_samples`` repeats on one batch.
     """
     vae = build_seeded(cfg, data)  # as prepare() builds it for `pyro-vae train`: the same initial parameters
     yardstick, scores = budget.yardstick(data), []
@@ -76,7 +77,7 @@ def train_svi(cfg: Config, data: Dataset, budget: Budget, name: str = "", extra:
     final = final_test_log_px(budget, vae, test, exact, ev["iwae"])
     batch = data.train[: cfg.train.batch_size]
     # of the method's own objective (Pyro's, whatever engine trained it: the fused loss is its twin)
-    variance = gradient_variance(vae, build_elbo(cfg.inference), batch, budget.grad_samples)
+    noise = gradient_statistics(vae, build_elbo(cfg.inference), batch, budget.grad_samples)
     seconds = trainer.seconds
     return MethodResult(
         name=name, train_elbo=rows[kept - 1]["train_elbo"], val_elbo=curve[kept - 1]["val_elbo"],
@@ -91,7 +92,9 @@ def train_svi(cfg: Config, data: Dataset, budget: Budget, name: str = "", extra:
                "test_iwae": ev["iwae"]["mean"], "test_iwae_se": ev["iwae"]["se"],
                "test_iwae_mc_se": ev["iwae"]["mc_se"], "test_elbo_se": ev["elbo"]["se"],
                **final["extra"],
-               "grad_variance_encoder": variance["encoder"], "grad_variance_decoder": variance["decoder"],
+               "grad_variance_encoder": noise["encoder"]["variance"], "grad_variance_decoder": noise["decoder"]["variance"],
+               "grad_snr_encoder": noise["encoder"]["snr"], "grad_snr_decoder": noise["decoder"]["snr"],
+               "grad_snr_floor": noise["encoder"]["snr_floor"],
                "inference": cfg.inference.model_dump()},
     )
 
