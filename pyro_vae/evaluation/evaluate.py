@@ -147,7 +147,7 @@ def iwae_with_variance(model: Callable, guide: Callable, x: torch.Tensor, num_sa
 
 # -- the whole evaluation -------------------------------------------------------------------------
 def evaluate_points(vae: VAE, x: torch.Tensor, samples: int = 1000, batch_size: int = 256, gaps: bool = False,
-                    gap_steps: int = 300, progress: bool = False) -> Dict[str, Any]:
+                    gap_steps: int = 300, progress: bool = False, ais=None) -> Dict[str, Any]:
     """Every number of ``pyro-vae evaluate`` for the rows of ``x`` ``(n, x_dim)``; see the module docstring.
 
     Each estimate is ``{"mean", "se", "mc_se", ...}``: ``se`` over the test points (test-set sampling),
@@ -158,9 +158,16 @@ def evaluate_points(vae: VAE, x: torch.Tensor, samples: int = 1000, batch_size: 
 
     With ``gaps`` (Cremer et al. 2018), q* is the best per-point Gaussian (:func:`refine_guide`):
     approximation gap = log p(x) - ELBO(q*), amortization gap = ELBO(q*) - ELBO(q(z|x)). Without
-    an exact log p(x) it is estimated by IWAE with q* as proposal: the encoder's q can be a poor
-    proposal when the amortization gap is large.
+    an exact log p(x) it is AIS's when ``ais`` is given, else estimated by IWAE with q* as proposal: the
+    encoder's q can be a poor proposal when the amortization gap is large.
+
+    ``ais``: an :class:`pyro_vae.evaluation.ais.AISResult` for the same rows (its per-point ``log_px`` and
+    ``variance``; :func:`pyro_vae.evaluation.references.ais_section` makes one). Then ``paired`` also has
+    ``ais_minus_iwae`` (and ``exact_minus_ais`` when exact), and without an exact log p(x)
+    ``kl_to_true_posterior`` is estimated by ais - elbo, the tighter lower bound.
     """
+    if ais is not None and tuple(ais.log_px.shape) != (x.shape[0],):
+        raise ValueError(f"evaluate_points: ais has {tuple(ais.log_px.shape)} values, want ({x.shape[0]},)")
     vae.eval()
     start = time.perf_counter()
     exact = linear_gaussian(vae)
@@ -204,9 +211,25 @@ def evaluate_points(vae: VAE, x: torch.Tensor, samples: int = 1000, batch_size: 
     finally:
         bar.close()
     cat = {k: torch.cat(v) for k, v in per_point.items() if v and all(t is not None for t in v)}
+    if ais is not None:
+        device = cat["iwae"].device
+        cat["ais"], cat["ais_var"] = ais.log_px.detach().to(device), ais.variance.detach().to(device)
+    out: Dict[str, Any] = {"n": n, "samples": samples, "error_bars": dict(ERROR_BARS)}
+    out.update(_estimates(cat, kl_used, samples))
+    out["paired"] = _paired(cat)
+    out.update(_latent_space(cat))
+    out["gaps"] = _gaps(cat, samples, gap_steps) if gaps else None
+    out["seconds"] = time.perf_counter() - start
+    return out
+
+
+def _estimates(cat: Dict[str, torch.Tensor], kl_used: str, samples: int) -> Dict[str, Any]:
+    """ELBOs, IWAE, exact log p(x) and the KL to the true posterior (exact, or the best estimate) from the
+    per-point values ``cat``."""
+    n = cat["elbo"].numel()
     exact_zero = torch.zeros(n, dtype=torch.float64)  # closed forms: no Monte Carlo error
     v_elbo, v_iwae = cat["elbo_var"], cat["iwae_var"]
-    out: Dict[str, Any] = {"n": n, "samples": samples, "error_bars": dict(ERROR_BARS)}
+    out: Dict[str, Any] = {}
     out["elbo"] = {**stat(cat["elbo"], v_elbo), "kl": kl_used, "particles": ELBO_PARTICLES}
     out["elbo_monte_carlo"] = {**stat(cat["elbo_mc"], cat["elbo_mc_var"]), "kl": MONTE_CARLO,
                                "particles": ELBO_PARTICLES}
@@ -219,42 +242,60 @@ def evaluate_points(vae: VAE, x: torch.Tensor, samples: int = 1000, batch_size: 
         out["kl_to_true_posterior"] = {**stat(cat["kl_post"], exact_zero), "exact": True}
         out["identity_residual"] = {**stat(cat["log_p"] - cat["elbo"] - cat["kl_post"], v_elbo),
                                     "what": "log p(x) - ELBO - KL(q(z|x) || p(z|x))"}
-    elif "log_p" in cat:
+        return out
+    if "log_p" in cat:
         out["kl_to_true_posterior"] = {**stat(cat["log_p"] - cat["elbo"], v_elbo), "exact": False,
                                        "what": "log p(x) - ELBO (q is not Gaussian)"}
-        out["identity_residual"] = None
-    else:
+    else:  # the tightest lower bound on log p(x) at hand, minus the ELBO
+        best = "ais" if "ais" in cat else "iwae"
         out["kl_to_true_posterior"] = {
-            **stat(cat["iwae"] - cat["elbo"], v_iwae + v_elbo), "exact": False,
-            "what": "estimate: iwae - elbo (a lower bound, up to MC error, as iwae <= log p(x))"}
-        out["identity_residual"] = None
-    # the IWAE and the ELBO take independent draws: the Monte Carlo variances of a difference add
-    out["paired"] = {"iwae_minus_elbo": stat(cat["iwae"] - cat["elbo"], v_iwae + v_elbo)}
+            **stat(cat[best] - cat["elbo"], cat[best + "_var"] + v_elbo), "exact": False,
+            "what": f"estimate: {best} - elbo (a lower bound, up to MC error, as {best} <= log p(x))"}
+    out["identity_residual"] = None
+    return out
+
+
+def _paired(cat: Dict[str, torch.Tensor]) -> Dict[str, Dict[str, float]]:
+    """Per-point differences of the estimates on the same points. Each estimate takes its own draws, so the
+    Monte Carlo variances of a difference add (closed forms add none)."""
+    v_elbo, v_iwae = cat["elbo_var"], cat["iwae_var"]
+    out = {"iwae_minus_elbo": stat(cat["iwae"] - cat["elbo"], v_iwae + v_elbo)}
+    if "ais" in cat:
+        out["ais_minus_iwae"] = stat(cat["ais"] - cat["iwae"], cat["ais_var"] + v_iwae)
     if "log_p" in cat:
-        out["paired"]["exact_minus_iwae"] = stat(cat["log_p"] - cat["iwae"], v_iwae)
-        out["paired"]["exact_minus_elbo"] = stat(cat["log_p"] - cat["elbo"], v_elbo)
-    if "kl_dims" in cat:
-        out["kl_per_dimension"] = [float(v) for v in cat["kl_dims"].mean(0)]
-    else:
-        out["kl_per_dimension"] = None
+        out["exact_minus_iwae"] = stat(cat["log_p"] - cat["iwae"], v_iwae)
+        out["exact_minus_elbo"] = stat(cat["log_p"] - cat["elbo"], v_elbo)
+        if "ais" in cat:
+            out["exact_minus_ais"] = stat(cat["log_p"] - cat["ais"], cat["ais_var"])
+    return out
+
+
+def _latent_space(cat: Dict[str, torch.Tensor]) -> Dict[str, Any]:
+    """KL(q || prior) per latent dimension and the active units (Burda et al. 2016)."""
+    n = cat["q_mean"].shape[0]
+    out: Dict[str, Any] = {}
+    out["kl_per_dimension"] = [float(v) for v in cat["kl_dims"].mean(0)] if "kl_dims" in cat else None
     variance = cat["q_mean"].var(0, unbiased=True) if n > 1 else torch.zeros_like(cat["q_mean"][0])
     out["posterior_mean_variance"] = [float(v) for v in variance]
     out["active_units"] = int((variance > ACTIVE_UNIT_THRESHOLD).sum())
     out["active_unit_threshold"] = ACTIVE_UNIT_THRESHOLD
     out["latent_dim"] = int(cat["q_mean"].shape[-1])
-    if gaps:
-        reference = cat["log_p"] if "log_p" in cat else cat["gap_iwae"]
-        out["gaps"] = {
-            "optimal_elbo": stat(cat["gap_elbo"]),
-            "iwae_optimal_proposal": None if "log_p" in cat else {**stat(cat["gap_iwae"], cat["gap_iwae_var"]),
-                                                                  "samples": samples},
-            "approximation_gap": {
-                **stat(reference - cat["gap_elbo"]),
-                "log_p": "exact" if "log_p" in cat else "iwae with the refined per-point q as proposal"},
-            "amortization_gap": stat(cat["gap_elbo"] - cat["elbo"]),
-            "steps": gap_steps,
-        }
-    else:
-        out["gaps"] = None
-    out["seconds"] = time.perf_counter() - start
     return out
+
+
+def _gaps(cat: Dict[str, torch.Tensor], samples: int, gap_steps: int) -> Dict[str, Any]:
+    """Cremer et al.'s gaps; log p(x) is the exact one, else AIS's, else IWAE with the refined q* as proposal."""
+    if "log_p" in cat:
+        reference, source = cat["log_p"], "exact"
+    elif "ais" in cat:
+        reference, source = cat["ais"], "ais"
+    else:
+        reference, source = cat["gap_iwae"], "iwae with the refined per-point q as proposal"
+    return {
+        "optimal_elbo": stat(cat["gap_elbo"]),
+        "iwae_optimal_proposal": None if "log_p" in cat else {**stat(cat["gap_iwae"], cat["gap_iwae_var"]),
+                                                              "samples": samples},
+        "approximation_gap": {**stat(reference - cat["gap_elbo"]), "log_p": source},
+        "amortization_gap": stat(cat["gap_elbo"] - cat["elbo"]),
+        "steps": gap_steps,
+    }
