@@ -1,4 +1,4 @@
-"""``python -m benchmarks [--quick] [--device D]``: time pyro_vae's training, IWAE and AIS against the references.
+"""``python -m benchmarks [--quick] [--device D]``: time pyro_vae's training, IWAE, AIS and seeds against references.
 
 Training columns, each a multiple of ``torch_eager`` (the hand-written PyTorch VAE): ``pyro_svi``
 (Pyro's tutorial ``SVI.step`` loop), ``pyro_vae[pyro]`` / ``pyro_vae[fused]`` (the ``Trainer`` per
@@ -9,7 +9,9 @@ the same model and objective: ``numpyro[jit]`` (jitted ``svi.update``, a Python 
 JAX compiles in the warm-up epoch, reported once as "first epoch" and kept out of the ratios. With one
 torch thread (``--threads 1``, or a loaded machine) JAX gets one compute thread too (its CPU pool is
 started under a one-core affinity mask: ``training.configure_jax``); otherwise both use every core.
-``--device`` puts every contender on ``cpu`` or ``cuda`` (``auto``: cuda when available).
+``--device`` puts every contender on ``cpu`` or ``cuda`` (``auto``: cuda when available). The seeds table
+(``benchmarks/seeds.py``, ``--no-seeds`` skips it) times R = 1, 4, 8, 16 stacked replicas against R sequential
+single-seed runs, as aggregate examples/s, with the memory each replica holds.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from tqdm.auto import tqdm
 from pyro_vae.build import resolve_device
 from pyro_vae.errors import UserError
 
-from . import ais, iwae, report, training
+from . import ais, iwae, report, seeds, training
 
 
 def main(argv=None) -> int:
@@ -40,6 +42,8 @@ def main(argv=None) -> int:
                         help="also time train.compile=true (default: on for the full run; compiling takes seconds)")
     parser.add_argument("--no-iwae", dest="iwae", action="store_false", help="skip the IWAE evaluation benchmark")
     parser.add_argument("--no-ais", dest="ais", action="store_false", help="skip the AIS evaluation benchmark")
+    parser.add_argument("--no-seeds", dest="seeds", action="store_false",
+                        help="skip the seeds benchmark (R stacked replicas against R sequential runs)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads (default: torch's, or 1 when the load average exceeds the cores: "
                              "oversubscribed OpenMP threads spin and make every number meaningless)")
@@ -95,6 +99,11 @@ def main(argv=None) -> int:
         else:
             result["ais"] = {"available": False, "note": f"benchmarks/ais.py does not take a device yet: "
                                                          f"AIS evaluation skipped on {device}"}
+    if args.seeds:
+        print("seeds trained together ...", file=sys.stderr, flush=True)
+        with tqdm(total=len(seeds.CASES) * len(seeds.QUICK_REPLICAS if args.quick else seeds.REPLICAS), unit="row",
+                  desc="seeds", file=sys.stderr) as bar:
+            result["seeds"] = seeds.run(quick=args.quick, rounds=rounds, device=device, bar=bar)
     paths = report.write(result, args.name or ("quick" if args.quick else "latest"), args.out)
     print(report.markdown(result))
     print("wrote " + ", ".join(str(p) for p in paths), file=sys.stderr)

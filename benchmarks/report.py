@@ -97,6 +97,13 @@ def markdown(result: Dict) -> str:
 
         lines += ["", "AIS evaluation (`pyro_vae.evaluation.ais.ais`), seconds per point against its matmul bound:", ""]
         lines.append(ais.markdown(ai).rstrip("\n"))
+    sd = result.get("seeds")
+    if sd is not None:
+        from . import seeds
+
+        lines += ["", "Seeds trained together (`benchmarks/seeds.py`): R stacked replicas (`ReplicaTrainer`) against R "
+                      "sequential single-seed runs, aggregate examples/s (median of per-round ratios):", ""]
+        lines.append(seeds.markdown(sd).rstrip("\n"))
     return "\n".join(lines) + "\n"
 
 

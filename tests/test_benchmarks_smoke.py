@@ -72,12 +72,36 @@ def test_quick_benchmark_runs_and_writes_results(tmp_path):
         assert row["K"] == 100 and row["time_ratio_to_bound"] > 0 and row["peak_memory_mb"] >= 0
     (row,) = result["ais"]["rows"]
     assert result["ais"]["available"] and row["T"] == 5 and row["time_ratio_to_bound"] > 0
+    rows = result["seeds"]["rows"]  # quick: R = 1, 4 at both shapes
+    assert [(r["case"], r["replicas"]) for r in rows] == [(c, n) for c in ("digits 64-64-2", "MNIST-shaped 784-400-50")
+                                                          for n in (1, 4)]
+    for row in rows:
+        rates = row["examples_per_second"]
+        assert row["ratio_to_sequential"] == pytest.approx(rates["replicas"] / rates["sequential"])
     table = (tmp_path / "quick.md").read_text()
     assert "| digits 64-64-2, normal, B=128 |" in table and result["machine"]["cpu"] in table
     assert result["numpyro"]["available"] == HAS_NUMPYRO
     assert table.count("NumPyro peer: ") == 1
     for name in NUMPYRO_COLUMNS:  # in the ratio, compilation and GFLOP/s tables
         assert table.count(f" {name} |") == 3
+    assert "| digits 64-64-2, normal, B=64 | 4 |" in table and "Seeds trained together" in table
+
+
+def test_seeds_benchmark_smoke():
+    """A tiny seeds row: both contenders train R = 2 seeds, the ratio is that of their rates, memory is 4 x the
+    parameters' bytes per replica, and the table has its row."""
+    from benchmarks import seeds
+
+    case = Case("tiny", "generated", 12, 8, 2, "normal", 32, n_train=64)
+    row = seeds.run_case(case, 2, rounds=1)
+    rates = row["examples_per_second"]
+    assert set(rates) == {"replicas", "sequential"} and all(r > 0 and math.isfinite(r) for r in rates.values())
+    assert row["ratio_to_sequential"] == pytest.approx(rates["replicas"] / rates["sequential"])
+    n_params = (12 * 8 + 8) + 2 * (8 * 2 + 2) + (2 * 8 + 8) + (8 * 12 + 12)  # encoder trunk, heads; decoder
+    assert row["bytes_per_replica"] == {"parameters": 4 * n_params, "gradients": 4 * n_params,
+                                        "adam": 8 * n_params, "total": 16 * n_params}
+    table = seeds.markdown({"available": True, "rows": [row]})
+    assert "| tiny, normal, B=32 | 2 |" in table and table.count("x |") == 1
 
 
 def test_ais_benchmark_smoke():

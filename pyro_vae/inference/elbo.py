@@ -26,7 +26,7 @@ def evaluation_elbo() -> ELBO:
 
 
 def fused_elbo_loss(vae: VAE, x: torch.Tensor, num_particles: int = 1, kl: str = ANALYTIC,
-                    kl_weight: float | torch.Tensor = 1.0) -> torch.Tensor:
+                    kl_weight: float | torch.Tensor = 1.0, eps: torch.Tensor | None = None) -> torch.Tensor:
     r"""Minus the ELBO of ``x`` ``(batch, x_dim)``, summed over the batch (like Pyro's ``differentiable_loss``).
 
     With ``K = num_particles`` draws ``z_k = q.rsample()`` from ``q = vae.encoder(x)`` and beta = ``kl_weight``:
@@ -51,11 +51,19 @@ def fused_elbo_loss(vae: VAE, x: torch.Tensor, num_particles: int = 1, kl: str =
     fast-path hooks, see :func:`declares_fast_path`), neither q nor p is built:
     ``(loc, scale) = vae.encoder.loc_scale(x)``, ``z`` from :func:`rsample_normal` and
     ``sum_b KL = vae.prior.kl_from_normal(loc, scale)``, the generic path's numbers bit for bit.
+
+    ``eps``: the standard variates of ``z`` (the shape of ``z``), given instead of drawn, on the fast path
+    only (else a ValueError): the loss is then a function of the parameters alone, so that a vectorized
+    caller can draw each replica's variates from that replica's own generator
+    (:mod:`pyro_vae.training.replicas`). ``eps=None``, the default, draws them as described above.
     """
     if kl == ANALYTIC and not is_validation_enabled() and declares_fast_path(vae.encoder, vae.prior):
         loc, scale = vae.encoder.loc_scale(x)  # (B, latent_dim) each: q(z|x_b) = N(loc_b, diag scale_b^2)
-        z = rsample_normal(loc, scale, num_particles)  # (K, B, latent_dim) or (B, latent_dim)
+        z = rsample_normal(loc, scale, num_particles, eps)  # (K, B, latent_dim) or (B, latent_dim)
         kl_term = vae.prior.kl_from_normal(loc, scale)  # () = sum_b KL(q(z|x_b) || p)
+    elif eps is not None:
+        raise ValueError("fused_elbo_loss: eps is taken on the fast path only (kl=analytic, validation off, "
+                         "a guide declaring loc_scale and a prior declaring kl_from_normal)")
     else:
         q = vae.encoder(x)  # batch (B,), event (latent_dim,)
         z = q.rsample((num_particles,)) if num_particles > 1 else q.rsample()  # (K, B, latent_dim) or (B, latent_dim)
@@ -81,16 +89,19 @@ def declares_fast_path(guide: torch.nn.Module, prior: torch.nn.Module) -> bool:
     return callable(getattr(type(guide), "loc_scale", None)) and callable(getattr(type(prior), "kl_from_normal", None))
 
 
-def rsample_normal(loc: torch.Tensor, scale: torch.Tensor, num_particles: int = 1) -> torch.Tensor:
+def rsample_normal(loc: torch.Tensor, scale: torch.Tensor, num_particles: int = 1,
+                   eps: torch.Tensor | None = None) -> torch.Tensor:
     """``z = loc + eps * scale`` with ``eps ~ N(0, I)``: ``(K, *loc.shape)`` for ``K = num_particles > 1``,
-    else ``loc.shape``; ``loc`` and ``scale`` of one shape.
+    else ``loc.shape``; ``loc`` and ``scale`` of one shape; ``eps`` of that shape when given (else drawn).
 
     The draw of ``Normal(loc, scale).rsample((K,))`` (or ``.rsample()``), written out as torch writes it:
     the same standard variates from the same ``normal_`` call and the same two operations, so the same
     seed gives the same ``z`` and leaves the random stream where Pyro's path leaves it.
     """
-    shape = (num_particles, *loc.shape) if num_particles > 1 else loc.shape
-    return loc + torch.empty(shape, dtype=loc.dtype, device=loc.device).normal_() * scale
+    if eps is None:
+        shape = (num_particles, *loc.shape) if num_particles > 1 else loc.shape
+        eps = torch.empty(shape, dtype=loc.dtype, device=loc.device).normal_()
+    return loc + eps * scale
 
 
 def _per_particle(total: torch.Tensor, num_particles: int) -> torch.Tensor:
