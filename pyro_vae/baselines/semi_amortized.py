@@ -183,14 +183,15 @@ class SemiAmortizedFit:
 
 def fit(cfg: Config, data: Dataset, *, refine_steps: int = 5, refine_lr: float = REFINE_LR, refine_particles: int = 8,
         epochs: Optional[int] = None, seconds: Optional[float] = None, stopping: Optional[EpochLimit] = None,
-        progress: bool = False) -> SemiAmortizedFit:
+        progress: bool = False, validation: Optional[Callable[[VAE], float]] = None) -> SemiAmortizedFit:
     """Train ``cfg``'s VAE on ``data.train`` by semi-amortized VI (:func:`semi_amortized_loss`).
 
     Built as ``train`` builds it (:func:`~pyro_vae.build.build_seeded`), trained on the project's
     :class:`~pyro_vae.training.trainer.Trainer` with the config's seed, batch size, beta and warm-up, clipping and
     guards, and one Adam on all parameters at ``optim.lr``; the budget is ``epochs`` epochs or ``seconds`` of training
     time unless a rule ``stopping`` is given. The objective must be ``inference.objective: elbo`` with
-    ``estimator: reparam`` and the guide mean-field Normal. Validation: :func:`curve_log_likelihood`.
+    ``estimator: reparam`` and the guide mean-field Normal. Validation: :func:`curve_log_likelihood`, or
+    ``validation(vae)`` if given (a comparison's yardstick).
     """
     if stopping is None:
         check_budget(epochs, seconds)
@@ -207,10 +208,14 @@ def fit(cfg: Config, data: Dataset, *, refine_steps: int = 5, refine_lr: float =
     exact = is_linear_gaussian(cfg.model)
     rule = stopping if stopping is not None else BudgetLimit(cfg.optim.lr, max_epochs=epochs, seconds=seconds)
     loss = semi_amortized_loss(vae, build_elbo(inf), refine_steps, refine_lr, refine_particles)
+
+    def score() -> float:
+        return validation(vae) if validation is not None else curve_log_likelihood(vae, x_val, exact)
+
     trainer = Trainer(vae, loss, adam(vae.parameters(), lr=rule.lr), data, rule, seed=cfg.seed,
                       batch_size=cfg.train.batch_size, beta=inf.beta, kl_warmup_epochs=inf.kl_warmup_epochs,
                       clip_norm=cfg.optim.clip_norm, on_nonfinite=cfg.train.on_nonfinite,
-                      validate_args=cfg.train.validate_args, validation=lambda: curve_log_likelihood(vae, x_val, exact),
+                      validate_args=cfg.train.validate_args, validation=score,
                       progress=progress, quiet=not progress, engine="semi_amortized")
     per_step = refine_steps + 1
     history = fit_history(trainer, per_step)

@@ -53,7 +53,7 @@ Wood, "Revisiting reweighted wake-sleep for models with stochastic control flow"
 from __future__ import annotations
 
 import math
-from typing import Optional, Tuple
+from typing import Callable, Optional, Tuple
 
 import torch
 from torch.distributions import Distribution
@@ -150,7 +150,7 @@ def kind_of(num_particles: int, phi_update: str) -> str:
 
 def fit(cfg: Config, data: Dataset, *, num_particles: int = 5, phi_update: str = "wake", epochs: Optional[int] = None,
         seconds: Optional[float] = None, stopping: Optional[EpochLimit] = None,
-        progress: bool = False) -> VariationalFit:
+        progress: bool = False, validation: Optional[Callable[[VAE], float]] = None) -> VariationalFit:
     """Train ``cfg``'s VAE (built by :func:`build_seeded`, on the CPU) on ``data.train`` by (reweighted) wake-sleep.
 
     The project's :class:`Trainer` (the config's seed, batch size, clipping and guards; seeded minibatches,
@@ -159,7 +159,8 @@ def fit(cfg: Config, data: Dataset, *, num_particles: int = 5, phi_update: str =
     per-epoch score (the stopping rule's, and the history's ``log_likelihood``) is the exact log-likelihood of
     the training split for a linear-Gaussian model, else a 64-sample IWAE estimate with the encoder as the
     proposal on its first 512 points (:func:`pyro_vae.baselines.fitting.curve_log_likelihood`); it
-    runs off the training clock. History rows also carry ``elbo``, the epoch's mean training objective (the
+    runs off the training clock; ``validation(vae)``, if given, replaces it (a comparison's yardstick). History
+    rows also carry ``elbo``, the epoch's mean training objective (the
     K-sample IWAE bound), and ``gradient_steps``. Returns a :class:`VariationalFit` without a local guide,
     ``kind`` from :func:`kind_of`.
     """
@@ -171,10 +172,14 @@ def fit(cfg: Config, data: Dataset, *, num_particles: int = 5, phi_update: str =
     exact = is_linear_gaussian(cfg.model)
     rule = stopping if stopping is not None else BudgetLimit(cfg.optim.lr, max_epochs=epochs, seconds=seconds)
     kind = kind_of(num_particles, phi_update)
+
+    def score() -> float:
+        return validation(vae) if validation is not None else curve_log_likelihood(vae, x, exact)
+
     trainer = Trainer(vae, rws_loss(vae, num_particles, phi_update), adam(vae.parameters(), lr=rule.lr), data, rule,
                       seed=cfg.seed, batch_size=cfg.train.batch_size, clip_norm=cfg.optim.clip_norm,
                       on_nonfinite=cfg.train.on_nonfinite, validate_args=cfg.train.validate_args,
-                      validation=lambda: curve_log_likelihood(vae, x, exact), progress=progress,
+                      validation=score, progress=progress,
                       quiet=not progress, engine=kind)
     history = fit_history(trainer, per_step=1)
     vae.eval()

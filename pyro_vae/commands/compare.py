@@ -4,8 +4,9 @@ Every method trains on the same split and architecture.
 
 Built-in methods (--methods, comma-separated): analytic_kl, monte_carlo_kl, iwae_k5, iwae_k50,
 score_function, the baselines of pyro_vae.compare.baselines (em, variational_em, svi, gmm_em, ...),
-and any method registered in pyro_vae.compare.methods.METHODS. Every SVI method trains on the loop and engine
-of pyro-vae train (the fused loss where it covers the method, on train.device).
+the EM-style methods for nonlinear decoders of pyro_vae.compare.em_style (rws, wake_sleep, mcem,
+semi_amortized), and any method registered in pyro_vae.compare.methods.METHODS. Every SVI method trains
+on the loop and engine of pyro-vae train (the fused loss where it covers the method, on train.device).
 Define your own from config overrides with --method-set NAME:KEY=VALUE[,KEY=VALUE...]
 (repeatable; e.g. --method-set renyi_half:inference.objective=renyi,inference.alpha=0.5,inference.num_particles=5);
 a defined set runs even if --methods does not name it.

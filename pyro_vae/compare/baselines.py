@@ -116,43 +116,60 @@ def _elbo(vae, guide_fn, x: torch.Tensor, elbo) -> float:
     return float(-elbo.loss(lambda xb, i: vae.model(xb), guide_fn, x, idx)) / len(x)
 
 
+def e_step_scores(vae, elbo, data: Dataset, budget: Budget, exact: bool, steps: int = INFER_STEPS) -> Dict[str, Any]:
+    """The held-out numbers of a method without an encoder (variational EM, MCEM): q for the validation, test and
+    yardstick points by a ``steps``-step E-step with theta fixed
+    (:func:`~pyro_vae.baselines.variational_em.infer_locals` on the ELBO ``elbo``), the cost of not amortizing.
+
+    Returns ``val_elbo`` and ``test_elbo`` (with those q), ``test_iwae`` (IWAE with ``budget.eval_samples`` draws
+    from the test points' q), ``exact`` (the test log p(x) when ``exact``, else None), ``final``
+    (:func:`final_test_log_px`: exact, or AIS started at the test points' q, or that IWAE, labelled with the E-step,
+    its standard error over the points in ``extra``) and ``val_log_px`` (the yardstick: exact, or IWAE with
+    ``budget.yardstick_samples`` draws from its points' q)."""
+    val = data.val if len(data.val) else data.train
+    test = _test(data)
+    yardstick = budget.yardstick(data)
+    q_val = ve.infer_locals(vae, elbo, val, steps=steps)
+    q_test = ve.infer_locals(vae, elbo, test, steps=steps)
+    idx = torch.arange(len(test))
+    test_elbo = _elbo(vae, q_test.guide_for(idx), test, elbo)
+    points = torch.cat([proposal_iwae(vae, q_test.q(i), test[i], budget.eval_samples) for i in idx.split(256)])
+    iwae = float(points.mean())
+    se = float(points.std() / math.sqrt(len(points))) if len(points) > 1 else math.nan
+    exact_ll = exact_log_likelihood(vae, test) if exact else None
+    final = final_test_log_px(budget, vae, test, exact_ll, {"mean": iwae, "se": se}, proposal=q_test.q,
+                              iwae_label=f"IWAE-{budget.eval_samples} (after a {steps}-step E-step)")
+    if exact:
+        val_log_px = exact_log_likelihood(vae, yardstick.points)
+    else:
+        q_points = ve.infer_locals(vae, elbo, yardstick.points, steps=steps)
+        val_log_px = float(proposal_iwae(vae, q_points.q(torch.arange(len(yardstick.points))), yardstick.points,
+                                         budget.yardstick_samples).mean())
+    val_elbo = _elbo(vae, q_val.guide_for(torch.arange(len(val))), val, elbo)
+    return {"val_elbo": val_elbo, "test_elbo": test_elbo, "test_iwae": iwae, "exact": exact_ll, "final": final,
+            "val_log_px": val_log_px}
+
+
 @METHODS.register("variational_em")
 def variational_em(cfg: Config, data: Dataset, budget: Budget) -> MethodResult:
     """Variational EM: per-point q_n (no encoder), E-steps on q_n then M-steps on theta, minibatch by minibatch."""
     rule = budget.rule(cfg.train, cfg.optim.lr)
     rule.score = "training-point log p(x)"  # its validation score: it has q_n for the training points alone
     fit = ve.variational_em(cfg, data, stopping=rule)
-    vae, elbo = fit.vae, build_elbo(cfg.inference)
-    val = data.val if len(data.val) else data.train
-    test = _test(data)
-    yardstick = budget.yardstick(data)
     # held-out points have no q_n yet: fit them by an E-step with theta fixed (the cost of not amortizing)
-    q_val = ve.infer_locals(vae, elbo, val, steps=INFER_STEPS)
-    q_test = ve.infer_locals(vae, elbo, test, steps=INFER_STEPS)
-    idx = torch.arange(len(test))
-    test_elbo = _elbo(vae, q_test.guide_for(idx), test, elbo)
-    iwae = float(torch.cat([proposal_iwae(vae, q_test.q(i), test[i], budget.eval_samples) for i in idx.split(256)]).mean())
-    exact = exact_log_likelihood(vae, test) if fit.exact else None
-    final = final_test_log_px(budget, vae, test, exact, {"mean": iwae}, proposal=q_test.q,
-                              iwae_label=f"IWAE-{budget.eval_samples} (after a {INFER_STEPS}-step E-step)")
-    if fit.exact:
-        val_log_px = exact_log_likelihood(vae, yardstick.points)
-    else:
-        q_points = ve.infer_locals(vae, elbo, yardstick.points, steps=INFER_STEPS)
-        val_log_px = float(proposal_iwae(vae, q_points.q(torch.arange(len(yardstick.points))), yardstick.points,
-                                         budget.yardstick_samples).mean())
+    s = e_step_scores(fit.vae, build_elbo(cfg.inference), data, budget, fit.exact)
+    final = s["final"]
     # per epoch it is scored on its training points (with their q_n), not on the yardstick's held-out points
     curve = [{"epoch": int(r["iteration"]), "wall_time": r["seconds"], "val_log_px": None, "val_elbo": r["elbo"],
               "train_log_likelihood": r["log_likelihood"]} for r in fit.history.rows[1:]]
     seconds = fit.history.seconds
     return MethodResult(
-        name="variational_em", train_elbo=fit.history.rows[-1]["elbo"],
-        val_elbo=_elbo(vae, q_val.guide_for(torch.arange(len(val))), val, elbo),
-        test_log_likelihood=final["test_log_likelihood"], exact_log_likelihood=exact, test_elbo=test_elbo,
+        name="variational_em", train_elbo=fit.history.rows[-1]["elbo"], val_elbo=s["val_elbo"],
+        test_log_likelihood=final["test_log_likelihood"], exact_log_likelihood=s["exact"], test_elbo=s["test_elbo"],
         seconds=seconds, examples_per_second=fit.epochs * len(data.train) / max(seconds, 1e-9),
-        iterations=fit.gradient_steps, curve=curve, seed=cfg.seed, val_log_px=val_log_px,
+        iterations=fit.gradient_steps, curve=curve, seed=cfg.seed, val_log_px=s["val_log_px"],
         estimator=final["estimator"], epochs=fit.epochs, **_rule_stop(fit.rule),
-        extra={**final["extra"], "test_iwae": iwae, "held_out_e_steps": INFER_STEPS, "lr": cfg.optim.lr,
+        extra={**final["extra"], "test_iwae": s["test_iwae"], "held_out_e_steps": INFER_STEPS, "lr": cfg.optim.lr,
                "final_lr": fit.rule.lr,
                "curve_val_elbo": "training ELBO per epoch (held-out points need an E-step)"})
 
