@@ -132,7 +132,8 @@ def _step_sizes(cfg: Config, methods: Sequence[Tuple[str, Method]], chosen: Dict
 
 def compare(cfg: Config, methods: List[Tuple[str, Method]], budget: Budget, out: Path,
             overwrite: bool = False, verbose: bool = True, seeds: int = 1, baseline: Optional[str] = None,
-            command: str = "", lr_grid: Sequence[float] = (), jobs: int = 1) -> Dict[str, Any]:
+            command: str = "", lr_grid: Sequence[float] = (), jobs: int = 1,
+            stack_seeds: bool = True) -> Dict[str, Any]:
     """Run each method with seeds ``cfg.seed, ..., cfg.seed + seeds - 1`` on the data of ``cfg`` and write
     ``out/comparison.{json,md}``, ``out/report.html`` and ``out/plots/``.
 
@@ -140,17 +141,23 @@ def compare(cfg: Config, methods: List[Tuple[str, Method]], budget: Budget, out:
     so paired differences against ``baseline`` (default: the first method) compare methods on the same points.
     With ``lr_grid``, every method that takes ``optim.lr`` first has its step size chosen by :func:`select_lr`
     (its run at the chosen one is its first seed's row), then trains its other seeds at that step size.
-    ``jobs > 1`` runs the (method, seed) trainings in that many worker processes (:mod:`.jobs`).
+    The seeds of an SVI method that the replicas cover (:func:`~pyro_vae.training.replicas.unsupported_reason`)
+    train together, stacked in one vectorized step (:func:`~pyro_vae.compare.svi.train_svi_replicas`), in this
+    process; each row equals its own run's up to float rounding, and is charged the whole stacked epoch's time
+    against a ``seconds`` cap. Other runs train one at a time, the reason said once per method
+    (``stack_seeds=False``: every run). ``jobs > 1`` runs those other (method, seed) trainings in that many
+    worker processes (:mod:`.jobs`), after the stacked ones.
     Every check that can refuse (the seeds and baseline, the config of each method, its model on this data,
     ``out``) runs first; ``out`` is written only once every run has finished, each file replaced whole."""
     from pyro_vae.build import build_vae, prepare
 
     check_seeds(seeds, baseline, methods)
     data, _ = prepare(cfg)  # every user error surfaces before anything is trained or written
+    models: Dict[str, Any] = {}  # method -> its model on this data (the replicas check its architecture)
     for name, method in methods:
         try:
             if hasattr(method, "overrides"):  # its model must build on this data (conv needs the image shape)
-                build_vae(configure(cfg, method.overrides), data.x_dim, data.image_shape)
+                models[name] = build_vae(configure(cfg, method.overrides), data.x_dim, data.image_shape)
             if hasattr(method, "check"):
                 method.check(cfg)
         except ConfigError as err:
@@ -170,6 +177,8 @@ def compare(cfg: Config, methods: List[Tuple[str, Method]], budget: Budget, out:
 
     runs: List[Run] = []
     first: Dict[int, MethodResult] = {}  # run index -> the step-size search's run that is that row
+    stacks: List[Tuple[str, Method, List[int], List[Config]]] = []  # seeds trained as stacked replicas
+    alone: Dict[str, str] = {}  # method -> why its seeds train one run at a time
     for name, method in methods:
         base = cfg
         if lr_grid and tunes_lr(method):
@@ -181,38 +190,82 @@ def compare(cfg: Config, methods: List[Tuple[str, Method]], budget: Budget, out:
             say(f"    {name}: optim.lr={lr:g} (best validation log p(x))")
         if tunes_lr(method):
             chosen[name] = base.optim.lr
+        start, configs = len(runs), []
         for i in range(seeds):
             seeded = base if i == 0 else configure(base, [f"seed={cfg.seed + i}"])
             runs.append(Run(name, seeded.to_dict(), specs.get(name), None if jobs > 1 else method))
-    todo = [i for i in range(len(runs)) if i not in first]
-    finished = [0]
+            configs.append(seeded)
+        index = [k for k in range(start, len(runs)) if k not in first]  # the seeds still to train
+        if len(index) < 2:
+            if index and seeds > 1:
+                alone[name] = "one seed left after the step-size search"
+            continue
+        reason = _stack_reason(method, [configs[k - start] for k in index], models.get(name), stack_seeds)
+        if reason is None:
+            stacks.append((name, method, index, [configs[k - start] for k in index]))
+        else:
+            alone[name] = reason
+            if hasattr(method, "replicas") and stack_seeds:
+                say(f"{name}: its seeds train one run at a time ({reason})")
+    stacked = {k for _, _, index, _ in stacks for k in index}
+    todo = [i for i in range(len(runs)) if i not in first and i not in stacked]
+    total, finished = len(todo) + len(stacked), [0]
 
     def started(k: int) -> None:
         run = runs[todo[k]]
-        say(f"[{k + 1}/{len(todo)}] {run.name}" + (f" (seed {run.config['seed']})" if seeds > 1 else ""))
+        say(f"[{len(stacked) + k + 1}/{total}] {run.name}" + (f" (seed {run.config['seed']})" if seeds > 1 else ""))
 
-    def done(k: int, result: MethodResult) -> None:
+    def done(k: int, result: MethodResult, together: bool = False) -> None:
         finished[0] += 1
         state = "converged" if result.converged else f"NOT converged: {result.stop_detail}"
-        head = f"    [{finished[0]}/{len(todo)} done] {result.name}" if jobs > 1 else "   "
-        say(head + (f" seed {result.seed}:" if jobs > 1 and seeds > 1 else "")
+        head = f"    [{finished[0]}/{total} done] {result.name}" if jobs > 1 else "   "
+        say(head + (f" seed {result.seed}:" if (jobs > 1 or together) and seeds > 1 else "")
             + f" test log p(x) {fmt(result.test_log_likelihood)} ({result.estimator}), {result.epochs} epochs, "
               f"{result.seconds:.1f} s, {state}")
 
+    trained: Dict[int, MethodResult] = {}
+    position = 0
+    for group in list(stacks):  # in this process, before any worker starts
+        name, method, index, configs = group
+        say(f"[{position + 1}-{position + len(index)}/{total}] {name} (seeds "
+            f"{', '.join(str(c.seed) for c in configs)}): stacked as {len(index)} replicas in one vectorized step")
+        position += len(index)
+        try:
+            results = method.replicas(configs, data, budget, name)
+        except ConfigError as err:  # a check only the built replicas make (no fused Adam on this device, ...)
+            say(f"{name}: its seeds train one run at a time ({err})")
+            alone[name] = str(err)
+            stacks.remove(group)
+            stacked.difference_update(index)
+            todo[:] = sorted(todo + index)
+            continue
+        for k, seeded, result in zip(index, configs, results):
+            result.name, result.seed = name, seeded.seed
+            trained[k] = result
+            done(k, result, together=True)
     if jobs > 1 and todo:
         say(f"training {len(todo)} runs in {min(jobs, len(todo))} processes")
-    trained = dict(zip(todo, run_all([runs[i] for i in todo], data, budget, jobs, done, started)))
+    trained.update(zip(todo, run_all([runs[i] for i in todo], data, budget, jobs, done, started)))
     rows = [first[i] if i in first else trained[i] for i in range(len(runs))]
+    svi = {name for name, method in methods if hasattr(method, "replicas")}
+    for row in rows:  # which runs were stacked, for the report
+        if row.name in svi:
+            row.extra.setdefault("replicas", 1)
+            row.extra.setdefault("vectorized", False)
     reference, kind = yardstick_reference(rows)
     yardstick = budget.yardstick(data)
     estimators = sorted({r.extra.get("yardstick", "exact" if r.estimator == "exact" else
                                      f"IWAE-{budget.yardstick_samples}") for r in rows})
+    description = budget.describe(cfg.train.epochs)
+    if stacks and budget.seconds is not None:
+        description += "; a stacked seed is charged the whole stacked epoch's time"
     report = {"command": command, "config": cfg.to_dict(),
-              "budget": {**asdict(budget), "description": budget.describe(cfg.train.epochs)},
+              "budget": {**asdict(budget), "description": description},
               "seeds": [cfg.seed + i for i in range(seeds)], "baseline": baseline or methods[0][0],
               "yardstick": {"estimator": ", ".join(estimators), "points": len(yardstick.points),
                             "samples": budget.yardstick_samples, "reference": reference, "reference_kind": kind},
               "step_sizes": _step_sizes(cfg, methods, chosen, lr_grid, selection),
+              "seed_runs": _seed_runs(stacks, alone, seeds, bool(lr_grid), jobs),
               "n_train": len(data.train), "n_val": len(data.val), "n_test": len(data.test), "jobs": jobs,
               "methods": [r.to_dict() for r in rows]}
     report["summary"] = summarize(report["methods"], report["baseline"])
@@ -224,3 +277,28 @@ def compare(cfg: Config, methods: List[Tuple[str, Method]], budget: Budget, out:
     atomic_write_bytes(out / "comparison.md", text.encode())
     atomic_write_bytes(out / "report.html", html_report(report, text, plots).encode())
     return report
+
+
+def _stack_reason(method: Method, configs: Sequence[Config], model, stack_seeds: bool) -> Optional[str]:
+    """Why the seeds ``configs`` of ``method`` cannot train as stacked replicas (None: they can)."""
+    if not stack_seeds:
+        return "stacking turned off"
+    if not hasattr(method, "replicas"):
+        return "its own training loop"
+    return method.stack_reason(configs, model)
+
+
+def _seed_runs(stacks, alone: Dict[str, str], seeds: int, searched: bool, jobs: int) -> Dict[str, Any]:
+    """Which methods' seeds trained as stacked replicas and which one run at a time (and why), for the report."""
+    stacked = {name: len(index) for name, _, index, _ in stacks}
+    sizes = sorted(set(stacked.values()))
+    parts = []
+    if stacked:
+        search = " (the first seed trained in the step-size search)" if searched else ""
+        search += " (in the main process, before the worker processes)" if jobs > 1 and alone else ""
+        parts.append(f"stacked as {'/'.join(map(str, sizes))} replicas in one vectorized step for "
+                     f"{', '.join(stacked)}{search}")
+    if alone:
+        parts.append("one run at a time for " + ", ".join(f"{name} ({why})" for name, why in alone.items()))
+    text = "; ".join(parts) if seeds > 1 else "one seed: nothing to stack"
+    return {"stacked": stacked, "alone": alone, "description": text}

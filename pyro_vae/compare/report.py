@@ -96,6 +96,8 @@ def _header(report: Mapping[str, Any], names: Sequence[str]) -> List[str]:
               f"- **Yardstick:** {ys.get('estimator', 'n/a')} log p(x) on {ys.get('points', 'n/a')} validation points; "
               f"reference {fmt(ys.get('reference'))} nats per point ({ys.get('reference_kind', 'n/a')})",
               f"- **Test log p(x):** {test_est}"]
+    if len(seeds) > 1 and (report.get("seed_runs") or {}).get("description"):
+        lines.append(f"- **Seed runs:** {report['seed_runs']['description']}")
     if report.get("jobs", 1) > 1:
         lines.append(f"- **Runs:** {report['jobs']} at a time in worker processes: seconds and examples/s are "
                      "those of runs sharing the machine's cores")

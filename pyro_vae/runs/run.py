@@ -1,20 +1,26 @@
-"""Runs end to end: train a config into a run directory, and load a finished run back."""
+"""Runs end to end: train a config into a run directory (or several seeds into one each), and load a finished run
+back."""
 
 from __future__ import annotations
 
+import os
+import re
+import shlex
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 from pyro_vae.build import build_vae, prepare
-from pyro_vae.config import Config, dump, read_yaml, validate
+from pyro_vae.config import MAX_SEED, Config, dump, read_yaml, validate
 from pyro_vae.data import Dataset, load_data
-from pyro_vae.errors import RunDirError, UserError, one_line
+from pyro_vae.errors import ConfigError, RunDirError, UserError, one_line
 from pyro_vae.model import VAE
-from pyro_vae.rundir import RunDir
+from pyro_vae.rundir import RunDir, check_writable_dir
 from pyro_vae.runs import plots
 from pyro_vae.training import distributed
+from pyro_vae.training.guards import Interrupted, NonFiniteError
+from pyro_vae.training.replicas import ReplicaTrainer, unsupported_reason
 from pyro_vae.training.summary import summarize
 from pyro_vae.training.trainer import Trainer
 
@@ -61,6 +67,121 @@ def train_run(cfg: Config, out: Optional[str | Path] = None, overwrite: bool = F
     return finish(trainer, run, Path(out))
 
 
+SEED_DIR = "seed-{seed}"  # the run directory of one seed of `pyro-vae train --seeds N`, under --out
+_SEED_DIR = re.compile(r"seed-\d+")
+
+
+@dataclass
+class SeedRun:
+    """One seed of :func:`train_seeds`: its run directory, and its :class:`Run` or (a non-finite step stopped it)
+    the message saying where."""
+
+    seed: int
+    path: Path
+    run: Optional[Run] = None
+    failure: Optional[str] = None
+    stacked: bool = False
+
+
+def seed_configs(cfg: Config, seeds: int) -> List[Config]:
+    """``cfg`` with seeds ``cfg.seed, ..., cfg.seed + seeds - 1``, as ``compare --seeds`` counts them."""
+    if not (isinstance(seeds, int) and seeds >= 1):
+        raise ConfigError(f"--seeds {seeds}: must be a whole number >= 1")
+    if cfg.seed + seeds - 1 > MAX_SEED:
+        raise ConfigError(f"--seeds {seeds}: seeds {cfg.seed}..{cfg.seed + seeds - 1} pass the largest seed, "
+                          f"{MAX_SEED}")
+    return [cfg if i == 0 else validate({**cfg.to_dict(), "seed": cfg.seed + i}) for i in range(seeds)]
+
+
+def seed_dirs(out: Path, configs: Sequence[Config], overwrite: bool) -> List[Path]:
+    """Each seed's run directory ``out/seed-<s>``, after every check that can refuse (nothing is written): an
+    ``out`` that is not empty is refused unless ``overwrite``, and then it may hold seeds' run directories
+    only (each replaced as ``train --overwrite`` replaces a run; the other seeds' are left as they are)."""
+    out = Path(out)
+    check_writable_dir(out)
+    if out.is_dir() and any(out.iterdir()):
+        if not overwrite:
+            raise RunDirError(f"--out {out}: directory exists and is not empty; pass --overwrite or choose another "
+                              "--out")
+        foreign = sorted(p.name for p in out.iterdir() if not (p.is_dir() and _SEED_DIR.fullmatch(p.name)))
+        if foreign:
+            raise RunDirError(f"--out {out}: holds {foreign[0]}, which is not a seed's run directory "
+                              f"({SEED_DIR.format(seed='<s>')}); refusing to overwrite")
+    dirs = [out / SEED_DIR.format(seed=c.seed) for c in configs]
+    for d in dirs:
+        check_writable_dir(d)
+    return dirs
+
+
+def train_seeds(cfg: Config, seeds: int, out: Optional[str | Path] = None, overwrite: bool = False,
+                progress: Optional[bool] = None, stack: bool = True) -> List[SeedRun]:
+    """``pyro-vae train --seeds N``: the run of ``cfg`` with each of :func:`seed_configs`' seeds, each in its own
+    run directory ``out/seed-<s>`` (:func:`seed_dirs`), each the run ``pyro-vae train --set seed=<s>`` makes
+    (its own data split, initialisation and random streams), so ``pyro-vae resume``, ``evaluate`` and
+    ``load_run`` take any one of them.
+
+    Where the replicas cover the config (:func:`~pyro_vae.training.replicas.unsupported_reason`) the seeds
+    train together, stacked in one vectorized step (:class:`~pyro_vae.training.replicas.ReplicaTrainer`):
+    each ends as its single run does up to float rounding, with its own stopping rule, and each one's test
+    ELBO is drawn from where its single run leaves torch's stream. Its epoch times are the stacked epoch's.
+    A seed whose step is not finite is reported (``failure``) and the others go on. Otherwise (or with
+    ``stack=False``) the seeds train one after another, saying why. Every check that can refuse (each
+    seed's config and data, ``out``) runs before anything is written."""
+    configs = seed_configs(cfg, seeds)
+    if distributed.current().distributed or int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ConfigError("--seeds: not under torch.distributed (torchrun or --nproc); train the seeds in one process")
+    prepared = [prepare(c) for c in configs]  # every seed's data and model: the user errors surface here
+    out = Path(out or default_out(cfg))
+    dirs = seed_dirs(out, configs, overwrite)
+    reason = unsupported_reason(configs, prepared[0][1]) if stack else "stacking turned off"
+    if reason is not None or len(configs) < 2:
+        if len(configs) > 1:
+            print(f"pyro-vae: --seeds {seeds}: training the seeds one after another ({reason})", flush=True)
+        return [_train_one(c, d, overwrite, progress) for c, d in zip(configs, dirs)]
+    datasets = [data for data, _ in prepared]
+    del prepared
+    runs: List[RunDir] = []
+    try:
+        for d in dirs:
+            runs.append(RunDir.create(d, overwrite=overwrite))
+        rt = ReplicaTrainer.from_configs(configs, datasets, runs=runs)
+        print(f"training seeds {', '.join(str(c.seed) for c in configs)} as {len(configs)} replicas stacked in one "
+              f"vectorized step", flush=True)
+        rt.save()  # each seed's step-0 checkpoint, before its config.yaml, as a single run's
+        for run, c in zip(runs, configs):
+            run.write_config(dump(c))
+    except BaseException:
+        for run in reversed(runs):  # nothing half-written: old runs stay whole, new folders go
+            run.abandon()
+        raise
+    for run in runs:
+        run.commit()
+    try:
+        rt.fit()
+    except Interrupted as err:
+        paths = " ".join(shlex.quote(str(run.path)) for r, run in enumerate(runs) if r not in rt.failures)
+        raise Interrupted(err.exit_code - 128, f"{err}; checkpoints written; continue each seed with "
+                                               f"pyro-vae resume: {paths}") from None
+    results = []
+    for r, (c, run, trainer) in enumerate(zip(configs, runs, rt.replicas)):
+        if r in rt.failures:
+            results.append(SeedRun(c.seed, run.path, failure=rt.failures[r], stacked=True))
+            continue
+        rt.single_run_streams(r)  # the test ELBO draws as after the seed's single run
+        # the seconds of a stacked run are the stacked epochs': say so in its summary
+        results.append(SeedRun(c.seed, run.path, finish(trainer, run, run.path, {"replicas": len(configs)}),
+                               stacked=True))
+    return results
+
+
+def _train_one(cfg: Config, path: Path, overwrite: bool, progress: Optional[bool]) -> SeedRun:
+    """One seed of :func:`train_seeds` on its own: :func:`train_run`, a non-finite step reported, not raised."""
+    try:
+        return SeedRun(cfg.seed, path, train_run(cfg, path, overwrite=overwrite, progress=progress))
+    except NonFiniteError as err:
+        return SeedRun(cfg.seed, path, failure=str(err))
+
+
 def _trained_hash(state: Dict[str, Any]) -> Optional[str]:
     """The hash of the config the checkpoint was trained with, as this version reads it: its stored config
     re-validated, so a key added since (at its default) does not make an older run unresumable; the stored
@@ -100,8 +221,9 @@ def resume_run(path: str | Path, progress: Optional[bool] = None) -> Optional[Ru
     return finish(trainer, trainer.run, run.path)
 
 
-def finish(trainer: Trainer, run: Optional[RunDir], path: Path) -> Run:
-    """Summary and plots (rank 0; other ranks get a Run without summary). The VAE comes back on the CPU.
+def finish(trainer: Trainer, run: Optional[RunDir], path: Path, extra: Optional[Dict[str, Any]] = None) -> Run:
+    """Summary (with ``extra``'s keys) and plots (rank 0; other ranks get a Run without summary). The VAE comes
+    back on the CPU.
 
     Under ``torch.distributed`` the other ranks wait for rank 0's files (and share its errors), then every
     rank leaves the process group together (:func:`pyro_vae.training.distributed.shutdown`).
@@ -109,7 +231,7 @@ def finish(trainer: Trainer, run: Optional[RunDir], path: Path) -> Run:
     trainer.close()
 
     def write() -> dict:
-        summary = summarize(trainer)
+        summary = {**summarize(trainer), **(extra or {})}
         trainer.vae.cpu()  # plots and the returned Run work on CPU tensors
         summary["plots"] = [str(p.relative_to(run.path)) for p in write_plots(run, trainer.vae, trainer.data, trainer.metrics)]
         run.write_summary(summary)

@@ -47,7 +47,7 @@ import math
 import sys
 import time
 import warnings
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import pyro
 import torch
@@ -110,8 +110,10 @@ class ReplicaTrainer:
     it checkpoints (None: nowhere). :attr:`failures` maps a replica that hit a non-finite step to the message."""
 
     def __init__(self, replicas: Sequence[Trainer], noise: Sequence[torch.Generator],
-                 runs: Optional[Sequence[Optional[RunFiles]]] = None, quiet: bool = False):
+                 runs: Optional[Sequence[Optional[RunFiles]]] = None, quiet: bool = False,
+                 cpu_streams: Optional[Sequence[torch.Tensor]] = None):
         self.replicas, self.noise = list(replicas), list(noise)
+        self.cpu_streams = list(cpu_streams) if cpu_streams is not None else None  # the CPU stream after each build
         self.runs = list(runs) if runs is not None else [None] * len(self.replicas)
         template = self.replicas[0]
         self.device, self.batch_size = template.device, template.batch_size
@@ -125,23 +127,31 @@ class ReplicaTrainer:
         self.restack()
 
     @classmethod
-    def from_configs(cls, configs: Sequence[Config], data: Dataset, *,
+    def from_configs(cls, configs: Sequence[Config], data: Union[Dataset, Sequence[Dataset]], *,
                      runs: Optional[Sequence[Optional[RunFiles]]] = None,
                      stopping: Optional[Sequence[EpochLimit]] = None,
                      validation: Optional[Sequence[Callable[[VAE], float]]] = None,
                      device: Optional[torch.device] = None, quiet: bool = False) -> "ReplicaTrainer":
         """One replica per config, each the Trainer of :meth:`Trainer.from_config` on :func:`build_replica`'s VAE,
         with ``stopping[r]`` (default: its config's rule) and ``validation[r](vae)`` as its validation score
-        (default: the validation ELBO). A config the replicas cannot cover is a ConfigError naming why."""
+        (default: the validation ELBO). ``data`` is every replica's, or one per replica (``pyro-vae train
+        --seeds``: each seed's own split; equal ones share one copy). A config the replicas cannot cover is a
+        ConfigError naming why."""
         reason = unsupported_reason(configs)
-        replicas, noise = [], []
-        for r, cfg in enumerate(configs):
+        datasets = [data] * len(configs) if isinstance(data, Dataset) else list(data)
+        if len(datasets) != len(configs):
+            raise ValueError(f"replicas: {len(datasets)} datasets for {len(configs)} configs")
+        datasets = [d if r == 0 or d is datasets[0] or not _same_data(d, datasets[0]) else datasets[0]
+                    for r, d in enumerate(datasets)]
+        replicas, noise, cpu_streams = [], [], []
+        for r, (cfg, ds) in enumerate(zip(configs, datasets)):
             if reason is not None:
                 break
-            vae, stream = build_replica(cfg, data, device)
+            vae, stream = build_replica(cfg, ds, device)
+            cpu_streams.append(torch.get_rng_state())
             reason = architecture_reason(vae) if r == 0 else None
             score = (lambda f, v: lambda: f(v))(validation[r], vae) if validation is not None else None
-            t = Trainer.from_config(cfg, data, vae, progress=False, quiet=True, validation=score,
+            t = Trainer.from_config(cfg, ds, vae, progress=False, quiet=True, validation=score,
                                     stopping=stopping[r] if stopping is not None else None)
             if t.ctx.distributed or not t.optimizer.defaults.get("fused"):
                 reason = "torch.distributed" if t.ctx.distributed else f"no fused Adam on {t.device}"
@@ -149,7 +159,7 @@ class ReplicaTrainer:
             noise.append(stream)
         if reason is not None:
             raise ConfigError(f"replicas: cannot stack {reason}; train these runs one after another")
-        return cls(replicas, noise, runs, quiet)
+        return cls(replicas, noise, runs, quiet, cpu_streams)
 
     # -- the stack ---------------------------------------------------------------------------
     def restack(self) -> None:
@@ -247,10 +257,11 @@ class ReplicaTrainer:
         for t in reps:
             if t.current is None:
                 t.begin_epoch()
-        if reps[0].data.binarize != "dynamic":
+        one = reps[0].data.binarize != "dynamic" and all(t.data is reps[0].data for t in reps)
+        if one:
             for t in reps[1:]:
                 t._x = reps[0]._x  # one copy of the training data on the device, not one per replica
-        shared = reps[0]._x if reps[0].data.binarize != "dynamic" else None
+        shared = reps[0]._x if one else None
         batches = torch.stack([t.current["perm"] for t in reps]).split(self.batch_size, dim=1)  # each (R, B)
         totals = torch.stack([t.current["total"].to(self.device) for t in reps])  # (R,) sums of minus the objective
         start, seconds0 = time.perf_counter(), [t.current["seconds"] for t in reps]
@@ -310,6 +321,16 @@ class ReplicaTrainer:
         if not self.quiet:
             print(message, flush=True)
 
+    def single_run_streams(self, r: int) -> None:
+        """Set torch's global streams where replica ``r``'s single run leaves them after training (for what draws
+        next: a test ELBO, IWAE bounds): the device's is its z stream; on CUDA the CPU's is where its build left it."""
+        if self.device.type == "cpu":
+            torch.set_rng_state(self.noise[r].get_state())
+            return
+        torch.cuda.set_rng_state(self.noise[r].get_state(), self.device)
+        if self.cpu_streams is not None:
+            torch.set_rng_state(self.cpu_streams[r])
+
     # -- checkpoints --------------------------------------------------------------------------
     def save(self, r: Optional[int] = None) -> None:
         """Replica ``r``'s checkpoint (default: every training replica's): its single run's, the z stream as its
@@ -357,6 +378,14 @@ def _compact(obj: Any) -> Any:
     if isinstance(obj, (list, tuple)):
         return type(obj)(_compact(v) for v in obj)
     return obj
+
+
+def _same_data(a: Dataset, b: Dataset) -> bool:
+    """Whether two datasets hold the same splits and labels (then the replicas share one copy)."""
+    pairs = [*zip(a.splits().values(), b.splits().values()), *((a.labels.get(k), b.labels.get(k)) for k in
+                                                                {*a.labels, *b.labels})]
+    return a.binarize == b.binarize and all(u is v or (u is not None and v is not None and u.shape == v.shape
+                                                       and torch.equal(u, v)) for u, v in pairs)
 
 
 def _flat(d: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
