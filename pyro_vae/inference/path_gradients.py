@@ -7,8 +7,9 @@ log weight with the model part ``m`` (log p(x|z) + beta log p(z), the decoder's 
 
 **STL** (sticking the landing, Roeder et al. 2017), ``objective: elbo``: the value is the Monte Carlo ELBO
 :math:`\frac1K \sum_k \log w_k`; the gradient drops the score term :math:`-\beta\,\partial_\phi \log q_\phi(z)|_z`
-(expectation 0 under q), i.e. it is the gradient of :math:`\frac1K\sum_k m_\theta(z_k) - \beta \log
-q_{\bar\phi}(z_k|x)` with phi stopped (:math:`\bar\phi`) inside log q and z keeping its path derivative.
+(expectation 0 under q), i.e. it is the gradient of
+:math:`\frac1K\sum_k m_\theta(z_k) - \beta \log q_{\bar\phi}(z_k|x)` with phi stopped (:math:`\bar\phi`) inside log q
+and z keeping its path derivative.
 Unbiased for theta and phi; zero for phi when q is the exact posterior (log w is then constant in z).
 
 **DReG** (doubly reparameterized, Tucker et al. 2019), ``objective: iwae``: the value is the IWAE bound
