@@ -11,6 +11,9 @@ import math
 import pyro
 import pytest
 import torch
+
+# test_ais's models, untrained: q(z|x) is far from p(z|x), so AIS and the reference posterior have real work to do
+from test_ais import LINEAR, MLP, X_DIM, N  # noqa: E402
 from torch.distributions import kl_divergence
 
 from pyro_vae import build_vae, validate_config
@@ -28,12 +31,6 @@ from pyro_vae.evaluation.references import (
     posterior_section,
 )
 from pyro_vae.model import own_rng
-
-# untrained: q(z|x) is far from p(z|x), so AIS and the reference posterior have real work to do
-LINEAR = {"model": {"latent_dim": 2, "decoder": "linear", "likelihood": {"scale": 0.5, "learn_scale": "global"}},
-          "guide": {"hidden": [8]}}
-MLP = {"model": {"latent_dim": 2, "decoder": {"hidden": [16]}, "likelihood": {"scale": 0.3}}, "guide": {"hidden": [16]}}
-X_DIM, N = 5, 64
 
 
 @pytest.fixture
