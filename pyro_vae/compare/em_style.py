@@ -61,11 +61,10 @@ from pyro_vae.baselines import semi_amortized as sa
 from pyro_vae.baselines import wake_sleep as ws
 from pyro_vae.baselines.fitting import CURVE_POINTS, IWAE_SAMPLES
 from pyro_vae.compare.baselines import INFER_STEPS, _rule_stop, _test, e_step_scores
-from pyro_vae.compare.methods import METHODS, Budget, MethodResult, final_test_log_px
+from pyro_vae.compare.methods import METHODS, Budget, MethodResult, test_scores
 from pyro_vae.config import Config, InferenceConfig
 from pyro_vae.data import Dataset
 from pyro_vae.errors import ConfigError
-from pyro_vae.evaluation.evaluate import evaluate_points
 from pyro_vae.evaluation.linear_gaussian import is_linear_gaussian
 from pyro_vae.inference.objectives import build_elbo
 from pyro_vae.model import own_rng
@@ -100,17 +99,12 @@ def _kept(fit) -> int:
 def _encoder_scores(vae, data: Dataset, budget: Budget) -> Dict[str, Any]:
     """The held-out numbers of a method with an encoder, as the SVI methods get them: the test bounds with
     ``budget.eval_samples`` draws from q(z|x), the final test log p(x), the yardstick (seeded stream 0)."""
-    test = _test(data)
-    ev = evaluate_points(vae, test, samples=budget.eval_samples)
-    exact = ev["log_likelihood"]["mean"] if ev["log_likelihood"] is not None else None
-    final = final_test_log_px(budget, vae, test, exact, ev["iwae"])
+    scored = test_scores(budget, vae, _test(data))
     yardstick = budget.yardstick(data)
     with own_rng(0, vae.device):
         ys = yardstick(vae)
-    extra = {"test_iwae": ev["iwae"]["mean"], "test_iwae_se": ev["iwae"]["se"], "test_iwae_mc_se": ev["iwae"]["mc_se"],
-             "test_elbo_se": ev["elbo"]["se"], "yardstick": yardstick.estimator(vae)}
-    return {"val_elbo": ys["elbo"], "test_elbo": ev["elbo"]["mean"], "exact": exact, "final": final,
-            "val_log_px": ys["log_px"], "extra": extra}
+    return {**scored, "val_elbo": ys["elbo"], "val_log_px": ys["log_px"],
+            "extra": {**scored["extra"], "yardstick": yardstick.estimator(vae)}}
 
 
 def _on_yardstick(data: Dataset, budget: Budget) -> Tuple[Callable[[Any], float], List[Dict[str, float]]]:

@@ -14,7 +14,7 @@ from pyro_vae.config import Config, TrainConfig, apply_overrides, validate
 from pyro_vae.data import Dataset
 from pyro_vae.errors import ConfigError
 from pyro_vae.evaluation.ais import ais_points
-from pyro_vae.evaluation.evaluate import mc_se
+from pyro_vae.evaluation.evaluate import evaluate_points, mc_se
 from pyro_vae.evaluation.yardstick import Yardstick
 from pyro_vae.model import own_rng
 from pyro_vae.registry import Named
@@ -237,6 +237,19 @@ def final_test_log_px(budget: Budget, vae, x: torch.Tensor, exact: Optional[floa
     return {"test_log_likelihood": ais["mean"], "estimator": ais["estimator"],
             "extra": {"test_log_likelihood_se": ais["se"], "test_ais": ais["mean"], "test_ais_se": ais["se"],
                       "test_ais_mc_se": ais["mc_se"], "ais_accept": ais["accept"]}}
+
+
+def test_scores(budget: Budget, vae, x: torch.Tensor) -> Dict[str, Any]:
+    """The test numbers of a method with an encoder on ``x``: :func:`~pyro_vae.evaluation.evaluate.evaluate_points`
+    with ``budget.eval_samples`` importance samples from q(z|x), then :func:`final_test_log_px`. Returns
+    ``{"test_elbo", "exact", "final", "extra"}``: ``exact`` the closed-form test log p(x) or None, ``final`` the
+    MethodResult fields of the test log p(x), ``extra`` the test IWAE and ELBO errors and ``final``'s extras."""
+    ev = evaluate_points(vae, x, samples=budget.eval_samples)
+    exact = ev["log_likelihood"]["mean"] if ev["log_likelihood"] is not None else None
+    final = final_test_log_px(budget, vae, x, exact, ev["iwae"])
+    extra = {"test_iwae": ev["iwae"]["mean"], "test_iwae_se": ev["iwae"]["se"], "test_iwae_mc_se": ev["iwae"]["mc_se"],
+             "test_elbo_se": ev["elbo"]["se"], **final["extra"]}
+    return {"test_elbo": ev["elbo"]["mean"], "exact": exact, "final": final, "extra": extra}
 
 
 def configure(cfg: Config, overrides: List[str]) -> Config:

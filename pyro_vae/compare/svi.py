@@ -6,10 +6,9 @@ import math
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from pyro_vae.build import build_seeded
-from pyro_vae.compare.methods import METHODS, Budget, Method, MethodResult, configure, final_test_log_px
+from pyro_vae.compare.methods import METHODS, Budget, Method, MethodResult, configure, test_scores
 from pyro_vae.config import Config
 from pyro_vae.data import Dataset
-from pyro_vae.evaluation.evaluate import evaluate_points
 from pyro_vae.evaluation.gradients import gradient_statistics
 from pyro_vae.evaluation.yardstick import Yardstick
 from pyro_vae.inference.objectives import build_elbo
@@ -139,26 +138,24 @@ def evaluated(cfg: Config, data: Dataset, budget: Budget, trainer: Trainer, scor
     kept = rule.best_epoch if trainer.restored else trainer.epoch  # the epoch whose parameters are evaluated
     val = data.val if len(data.val) else data.train
     test = data.test if len(data.test) else val
-    ev = evaluate_points(vae, test, samples=budget.eval_samples)
-    exact = ev["log_likelihood"]["mean"] if ev["log_likelihood"] is not None else None
-    final = final_test_log_px(budget, vae, test, exact, ev["iwae"])
+    scored = test_scores(budget, vae, test)
+    exact, final = scored["exact"], scored["final"]
     batch = data.train[: cfg.train.batch_size]
     # of the method's own objective (Pyro's, whatever engine trained it: the fused loss is its twin)
     noise = gradient_statistics(vae, build_elbo(cfg.inference), batch, budget.grad_samples)
     seconds = trainer.seconds
     return MethodResult(
         name=name, train_elbo=rows[kept - 1]["train_elbo"], val_elbo=curve[kept - 1]["val_elbo"],
-        test_log_likelihood=final["test_log_likelihood"], exact_log_likelihood=exact, test_elbo=ev["elbo"]["mean"],
+        test_log_likelihood=final["test_log_likelihood"], exact_log_likelihood=exact, test_elbo=scored["test_elbo"],
         seconds=seconds,
         examples_per_second=trainer.epoch * len(data.train) / max(seconds, 1e-9),
         iterations=trainer.step, curve=curve, seed=cfg.seed, converged=rule.converged and not rule.capped,
         stop_reason=rule.reason, stop_detail=rule.describe(), val_log_px=curve[kept - 1]["val_log_px"],
         estimator=final["estimator"], epochs=trainer.epoch,
         extra={**(extra or {}), "best_epoch": kept, **_extra(cfg, trainer, yardstick),
-               "test_iwae": ev["iwae"]["mean"], "test_iwae_se": ev["iwae"]["se"],
-               "test_iwae_mc_se": ev["iwae"]["mc_se"], "test_elbo_se": ev["elbo"]["se"],
-               **final["extra"],
-               "grad_variance_encoder": noise["encoder"]["variance"], "grad_variance_decoder": noise["decoder"]["variance"],
+               **scored["extra"],
+               "grad_variance_encoder": noise["encoder"]["variance"],
+               "grad_variance_decoder": noise["decoder"]["variance"],
                "grad_snr_encoder": noise["encoder"]["snr"], "grad_snr_decoder": noise["decoder"]["snr"],
                "grad_snr_floor": noise["encoder"]["snr_floor"],
                "inference": cfg.inference.model_dump()},
