@@ -108,14 +108,18 @@ class ModelConfig(Section):
         return _resolve(v, "model.likelihood")
 
 
+WAKE_SLEEP_OBJECTIVES = ("rws", "wake_sleep")  # fused engine only: pyro_vae.inference.rws
+
+
 class InferenceConfig(Section):
     """``inference``: the objective and its estimator."""
 
-    objective: Literal["elbo", "iwae", "renyi"] = "elbo"  # renyi: RenyiELBO(alpha); iwae is renyi with alpha = 0
+    objective: Literal["elbo", "iwae", "renyi", "rws", "wake_sleep"] = "elbo"  # renyi: RenyiELBO(alpha); iwae is renyi with alpha = 0; rws: reweighted wake-sleep (num_particles defaults to 5); wake_sleep: K = 1, sleep-phi (inference/rws.py)
     estimator: Literal["reparam", "score_function", "stl", "dreg"] = "reparam"  # score_function: TraceGraph_ELBO on a non-reparameterized q; stl (elbo), dreg (iwae): path derivatives
     kl: Literal["analytic", "monte_carlo"] = "analytic"  # TraceMeanField_ELBO (closed form where one exists) or Trace_ELBO
     num_particles: PositiveInt = 1  # z samples per data point, vectorized
     alpha: float = 0.0  # order of the Renyi bound (objective: renyi); alpha = 1 is the ELBO
+    phi_update: Literal["wake", "sleep", "both"] = "wake"  # objective rws: how q(z|x) is fitted: wake-phi on the data's weighted draws, sleep-phi on dreams from the model, or their average
     beta: PositiveFloat = 1.0  # poutine.scale needs > 0
     kl_warmup_epochs: NonNegativeInt = 0  # ramp beta linearly from 0 over this many epochs
 
@@ -125,6 +129,11 @@ class InferenceConfig(Section):
         becomes ``monte_carlo`` (so config.yaml and the KL report say what is used), a set one is an error.
 
         ConfigError (not ValueError) passes through pydantic unwrapped, so the message stays one clean line."""
+        if self.objective in WAKE_SLEEP_OBJECTIVES:
+            self._wake_sleep()
+        elif self.phi_update != "wake":
+            raise ConfigError(f"inference.phi_update: {self.phi_update} is used by objective=rws only, "
+                              f"not {self.objective}")
         if self.objective == "renyi" and self.alpha == 1.0:
             raise ConfigError("inference.alpha: 1 makes the Renyi bound the ELBO; use inference.objective=elbo")
         if self.objective != "elbo" and self.estimator == "score_function":
@@ -139,6 +148,29 @@ class InferenceConfig(Section):
                 raise ConfigError(f"inference.kl: 'analytic' is not available with inference.{what}; set inference.kl=monte_carlo")
             self.kl = "monte_carlo"
         return self
+
+
+    def _wake_sleep(self) -> None:
+        """rws / wake_sleep: no reparameterization and no KL term, so estimator and beta are refused when set;
+        rws with an unset num_particles takes 5 (wake-phi needs K >= 2); wake_sleep is K = 1 with sleep-phi."""
+        o, fields = self.objective, self.model_fields_set
+        if self.estimator != "reparam":
+            raise ConfigError(f"inference.estimator: {self.estimator} is not used by objective={o}, whose "
+                              f"gradients need no reparameterization; leave it unset")
+        for key, default in (("beta", 1.0), ("kl_warmup_epochs", 0)):
+            if getattr(self, key) != default:
+                raise ConfigError(f"inference.{key}: not used by objective={o} (it has no KL term to weight)")
+        if o == "wake_sleep":
+            for key, value in (("num_particles", 1), ("phi_update", "sleep")):
+                if key in fields and getattr(self, key) != value:
+                    raise ConfigError(f"inference.{key}: wake_sleep has {key}={value!r}; use objective=rws for others")
+            self.num_particles, self.phi_update = 1, "sleep"
+            return
+        if "num_particles" not in fields:
+            self.num_particles = 5
+        if self.phi_update == "wake" and self.num_particles == 1:
+            raise ConfigError("inference.num_particles: 1 with phi_update=wake gives phi a gradient of mean 0 "
+                              "(its one weight is 1); use num_particles >= 2 or phi_update=sleep")
 
 
 class OptimConfig(Section):
@@ -162,7 +194,7 @@ class TrainConfig(Section):
     validate_args: bool = False  # Pyro's distribution checks: on in tests, off in the hot loop for speed
     checkpoint_every_steps: Optional[PositiveInt] = None  # also checkpoint mid-epoch (None: at epoch ends only)
     on_nonfinite: Literal["stop", "skip"] = "stop"  # a NaN/inf loss or gradient: stop, or skip that step
-    engine: Literal["auto", "pyro", "fused"] = "auto"  # pyro: Pyro's loss; fused: the same objective (elbo, iwae or renyi with the reparam estimator, elbo with stl, iwae with dreg) without Pyro's tracing (inference/elbo.py, renyi.py, path_gradients.py); auto: fused where it covers the config, else pyro
+    engine: Literal["auto", "pyro", "fused"] = "auto"  # pyro: Pyro's loss; fused: the same objective (elbo, iwae or renyi with the reparam estimator, elbo with stl, iwae with dreg; rws and wake_sleep, which have no Pyro loss) without Pyro's tracing (inference/elbo.py, renyi.py, path_gradients.py); auto: fused where it covers the config, else pyro
     compile: bool = False  # torch.compile the fused loss and its backward (the first compile takes seconds to a minute)
     device: Literal["cpu", "cuda", "auto"] = "cpu"  # where parameters and batches live; auto: cuda if available
 

@@ -5,6 +5,7 @@
 - :mod:`.renyi` -- the Renyi / IWAE bound and its fused twin;
 - :mod:`.score_function` -- the ELBO with the score-function gradient;
 - :mod:`.path_gradients` -- sticking-the-landing (ELBO) and doubly reparameterized (IWAE) gradients;
+- :mod:`.rws` -- reweighted wake-sleep and wake-sleep, minibatched (fused only: Pyro's form is not minibatched);
 - :mod:`.objectives` -- ``inference.objective`` -> the Pyro loss and the fused loss;
 - :mod:`.engine` -- the engine a run trains with (fused or Pyro, compiled or not) and its optimizer.
 """

@@ -8,7 +8,7 @@ from typing import Callable
 
 import torch
 
-from pyro_vae.inference.objectives import LOSSES, loss_key, unsupported_reason
+from pyro_vae.inference.objectives import LOSSES, has_pyro_loss, loss_key, no_pyro_loss, unsupported_reason
 from pyro_vae.model import VAE
 
 
@@ -61,8 +61,10 @@ def select_engine(cfg, vae: VAE, elbo, probe: torch.Tensor) -> tuple[str, LossFn
     """``(engine, loss)`` for ``cfg.train.engine``: ``loss(x, kl_weight)`` is minus the objective summed over ``x``.
 
     ``auto`` takes the fused loss where it covers the config and Pyro's ``elbo`` otherwise;
-    ``fused`` where it does not cover the config is a :class:`ConfigError`. ``pyro`` reads beta
-    from ``vae.kl_weight`` (``poutine.scale``), the fused loss from its argument.
+    ``fused`` where it does not cover the config is a :class:`ConfigError`, and so is any config
+    that would need Pyro's loss for an objective without one (``elbo`` is then ``None``: rws,
+    wake_sleep). ``pyro`` reads beta from ``vae.kl_weight`` (``poutine.scale``), the fused loss from
+    its argument.
     """
     from pyro_vae.errors import ConfigError
 
@@ -74,6 +76,8 @@ def select_engine(cfg, vae: VAE, elbo, probe: torch.Tensor) -> tuple[str, LossFn
     if compile_ and reason is not None:
         raise ConfigError(f"train.compile: compiles the fused loss only, which does not cover {reason}; "
                           f"set train.compile=false")
+    if reason is not None and not has_pyro_loss(cfg.inference):
+        raise ConfigError(f"{no_pyro_loss(cfg.inference)}; here the fused engine is out because of {reason}")
     if reason is not None:
         return "pyro", lambda x, kl_weight: elbo.differentiable_loss(vae.model, vae.guide, x)
     fused = FusedELBO(cfg.inference, compile=compile_)

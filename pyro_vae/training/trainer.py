@@ -23,7 +23,7 @@ from pyro_vae.errors import one_line as _first_line
 from pyro_vae.evaluation.bounds import elbo_per_point
 from pyro_vae.inference.elbo import evaluation_elbo
 from pyro_vae.inference.engine import LossFn, adam, select_engine
-from pyro_vae.inference.objectives import build_elbo
+from pyro_vae.inference.objectives import build_elbo, has_pyro_loss
 from pyro_vae.model import VAE
 from pyro_vae.training import distributed
 from pyro_vae.training.guards import NonFiniteError, SignalCatcher, grads_finite, interrupted, nonfinite_step
@@ -116,7 +116,8 @@ class Trainer:
         seed, batch size, beta warm-up, clipping and guards. ``options`` are further Trainer keywords
         (``quiet``, ``validation``...). The engine's checks (a ConfigError) come before anything is trained."""
         device = next(vae.parameters()).device
-        engine, loss_fn = select_engine(cfg, vae, build_elbo(cfg.inference), data.train[:1].to(device))
+        elbo = build_elbo(cfg.inference) if has_pyro_loss(cfg.inference) else None
+        engine, loss_fn = select_engine(cfg, vae, elbo, data.train[:1].to(device))
         rule = stopping if stopping is not None else build_stopping(cfg.train, cfg.optim.lr)
         train, inf = cfg.train, cfg.inference
         return cls(vae, loss_fn, adam(vae.parameters(), lr=rule.lr), data, rule, seed=cfg.seed,
