@@ -12,6 +12,12 @@ divided by R (allocator reuse makes it noisy; 0 when the heap already held the r
 Shapes: digits 64-64-2 at ``train.batch_size``'s default 64 (normal likelihood) and the MNIST shape
 784-400-50 at B=128 (Bernoulli on generated binary data), both as ``benchmarks/training.py`` builds them.
 
+Where ``import numpyro`` works (the ``bench`` extra), each row also times one model of the NumPyro peer with
+its whole epoch jitted in ``lax.scan`` (``numpyro_peer.scan_epoch_fn``, the fastest single-model loop of
+``benchmarks/training.py``), interleaved in the same rounds, and reports the replicas' aggregate rate as a
+multiple of that one model's: R seeds at the cost of one, against the best one-seed loop on the machine.
+JAX runs on XLA's own thread pool (all cores), whatever ``--threads`` gives torch.
+
 ``python -m benchmarks.seeds [--quick] [--replicas 1 4 8 16] [--rounds 5] [--threads N] [--device D]`` prints
 the table alone.
 """
@@ -39,6 +45,7 @@ from . import training
 CASES = [training.Case("digits 64-64-2", "digits", 64, 64, 2, "normal", 64),
          training.Case("MNIST-shaped 784-400-50", "generated", 784, 400, 50, "bernoulli", 128)]
 REPLICAS = (1, 4, 8, 16)
+PEER = "numpyro[scan]"  # one model, its epoch in lax.scan
 QUICK_REPLICAS = (1, 4)
 
 
@@ -94,7 +101,15 @@ def timed(fn: Callable[[], int], cuda: bool) -> float:
     return n / (time.perf_counter() - start)
 
 
-def run_case(case: training.Case, r: int, rounds: int, device: str = "cpu") -> Dict:
+def numpyro_epoch_fn(case: training.Case, data, device: str) -> Callable[[], int]:
+    """One epoch of one model of the NumPyro peer, its epoch in ``lax.scan`` (the ``bench`` extra)."""
+    from .numpyro_peer import scan_epoch_fn
+
+    return scan_epoch_fn(data.train.numpy(), case.hidden, case.latent_dim, case.likelihood, case.batch_size,
+                         training.LR, seed=1, device=device)
+
+
+def run_case(case: training.Case, r: int, rounds: int, device: str = "cpu", numpyro: bool = False) -> Dict:
     data = training.dataset(case)
     cfgs = configs(case, r, device)
     cuda = device == "cuda"
@@ -104,6 +119,9 @@ def run_case(case: training.Case, r: int, rounds: int, device: str = "cpu") -> D
         runners[name] = make(cfgs, data, device)
         timed(runners[name], cuda)  # the warm-up epoch
         growth[name] = max(rss_bytes() - before, 0) / r
+    if numpyro:
+        runners[PEER] = numpyro_epoch_fn(case, data, device)
+        timed(runners[PEER], cuda)  # the warm-up epoch compiles the scan
     rates: Dict[str, List[float]] = {n: [] for n in runners}
     for k in range(rounds):
         for name in (list(runners) if k % 2 == 0 else list(runners)[::-1]):
@@ -114,6 +132,8 @@ def run_case(case: training.Case, r: int, rounds: int, device: str = "cpu") -> D
             "n_train": len(data.train), "rounds": rounds, "device": device,
             "examples_per_second": {n: statistics.median(v) for n, v in rates.items()}, "all_rounds": rates,
             "ratio_to_sequential": statistics.median(a / b for a, b in zip(rates["replicas"], rates["sequential"])),
+            **({"ratio_to_numpyro_scan": statistics.median(a / b for a, b in zip(rates["replicas"], rates[PEER]))}
+               if PEER in rates else {}),
             "bytes_per_replica": memory, "rss_growth_per_replica": growth}
 
 
@@ -125,30 +145,40 @@ def run(quick: bool = False, rounds: int = 5, device: str = "cpu", replicas: Seq
     warm = training.dataset(cases[0])  # one-time costs (imports, first kernels) kept out of the first row's memory
     for make in (replica_epoch_fn, sequential_epoch_fn):
         make(configs(cases[0], 1, device), warm, device)()
+    peer = training.peer_status(device)
     rows = []
     for case in cases:
         for r in sizes:
-            rows.append(run_case(case, r, rounds, device))
+            rows.append(run_case(case, r, rounds, device, numpyro=peer["available"]))
             if bar is not None:
                 bar.update(1)
-    return {"available": True, "device": device, "rows": rows}
+    return {"available": True, "device": device, "rows": rows, "numpyro": peer}
 
 
 def markdown(result: Dict) -> str:
     """The seeds table: per shape and R, both aggregate rates, their ratio and the memory per replica."""
     if not result.get("available"):
         return result["note"] + "\n"
-    lines = ["| shape, likelihood, batch | R | R sequential runs ex/s | R replicas ex/s | replicas / sequential "
-             "| KiB per replica (params + grads + Adam) | RSS growth per replica, KiB (replicas / sequential) |",
-             "|---" * 7 + "|"]
+    peer = any("ratio_to_numpyro_scan" in row for row in result["rows"])
+    extra = " | numpyro[scan] ex/s, one model | replicas / one numpyro[scan] model" if peer else ""
+    lines = ["| shape, likelihood, batch | R | R sequential runs ex/s | R replicas ex/s | replicas / sequential"
+             + extra + " | KiB per replica (params + grads + Adam) "
+             "| RSS growth per replica, KiB (replicas / sequential) |",
+             "|---" * (9 if peer else 7) + "|"]
     for row in result["rows"]:
         rate, growth = row["examples_per_second"], row["rss_growth_per_replica"]
+        vs_peer = (f" | {rate[PEER]:.0f} | {row['ratio_to_numpyro_scan']:.2f}x" if PEER in rate else " | n/a | n/a") \
+            if peer else ""
         lines.append(f"| {row['case']}, {row['likelihood']}, B={row['batch_size']} | {row['replicas']} "
-                     f"| {rate['sequential']:.0f} | {rate['replicas']:.0f} | {row['ratio_to_sequential']:.2f}x "
+                     f"| {rate['sequential']:.0f} | {rate['replicas']:.0f} "
+                     f"| {row['ratio_to_sequential']:.2f}x{vs_peer} "
                      f"| {row['bytes_per_replica']['total'] / 1024:.0f} "
                      f"| {growth['replicas'] / 1024:.0f} / {growth['sequential'] / 1024:.0f} |")
     lines += ["", "Aggregate examples/s: R x training rows per second of one epoch's steps (no validation). Replica r "
               "trains as its single-seed run does, to float rounding (`pyro_vae/training/replicas.py`)."]
+    if peer:
+        lines += ["", f"numpyro[scan]: one model of the NumPyro peer per row ({result['numpyro']['note']}), its epoch "
+                  f"in lax.scan on XLA's thread pool (all cores)."]
     return "\n".join(lines) + "\n"
 
 

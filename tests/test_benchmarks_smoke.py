@@ -104,6 +104,20 @@ def test_seeds_benchmark_smoke():
     assert "| tiny, normal, B=32 | 2 |" in table and table.count("x |") == 1
 
 
+@pytest.mark.skipif(not HAS_NUMPYRO, reason="the numpyro[scan] column needs the bench extra (jax, numpyro)")
+def test_seeds_benchmark_numpyro_column():
+    """With NumPyro installed, a seeds row also times one numpyro[scan] model and divides the replicas' rate by it."""
+    from benchmarks import seeds, training
+
+    case = Case("tiny", "generated", 12, 8, 2, "normal", 32, n_train=64)
+    row = seeds.run_case(case, 2, rounds=1, numpyro=True)
+    rates = row["examples_per_second"]
+    assert set(rates) == {"replicas", "sequential", "numpyro[scan]"} and rates["numpyro[scan]"] > 0
+    assert row["ratio_to_numpyro_scan"] == pytest.approx(rates["replicas"] / rates["numpyro[scan]"])
+    table = seeds.markdown({"available": True, "rows": [row], "numpyro": training.peer_status("cpu")})
+    assert f"| {row['ratio_to_numpyro_scan']:.2f}x |" in table and "numpyro[scan]: one model" in table
+
+
 def test_ais_benchmark_smoke():
     """A tiny AIS row: its evaluation count is the implementation's, its times and ratio positive, its table one row."""
     from benchmarks import ais
