@@ -24,7 +24,7 @@ import signal
 import socket
 import sys
 from dataclasses import dataclass
-from typing import Any, Callable, List, Optional, Sequence, TypeVar
+from typing import Any, Callable, Dict, List, Optional, Sequence, TypeVar
 
 import numpy as np
 import torch
@@ -234,12 +234,15 @@ def launch(fn: Callable[..., int], nproc: int, *args: Any) -> int:
                 os.kill(p.pid, signum)
 
     previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    first: Optional[Dict[int, int]] = None  # the ranks found failed first, and their exit codes
     try:
         # a rank that died outside our error handling would leave the others waiting in a collective
         while any(p.is_alive() for p in ctx.processes):
             for p in ctx.processes:
                 p.join(timeout=0.1)
-            if any(p.exitcode not in (None, 0) for p in ctx.processes):
+            failed = {r: p.exitcode for r, p in enumerate(ctx.processes) if p.exitcode not in (None, 0)}
+            if failed:
+                first = first or failed
                 for p in ctx.processes:
                     p.join(timeout=5)
                     if p.is_alive():
@@ -247,6 +250,20 @@ def launch(fn: Callable[..., int], nproc: int, *args: Any) -> int:
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
-    codes = [p.exitcode for p in ctx.processes]
-    codes = [128 - c if c is not None and c < 0 else (c or 0) for c in codes]  # killed by signal n: 128+n
+    raw = [p.exitcode for p in ctx.processes]
+    if first and (raw[0] or 0) <= 0:  # rank 0 exiting by itself says its own error; else only a status would show
+        print(f"pyro-vae: error: {failure(first, nproc)}", file=sys.stderr, flush=True)
+    codes = [128 - c if c is not None and c < 0 else (c or 0) for c in raw]  # killed by signal n: 128+n
     return codes[0] or next((c for c in codes if c), 0)
+
+
+def failure(failed: Dict[int, int], nproc: int) -> str:
+    """One line for the ranks that failed first (``{rank: exitcode}``, a negative code: killed by that signal)."""
+    rank = min(failed, key=lambda r: (failed[r] < 0, r))  # one that exited by itself, else the first killed
+    code = failed[rank]
+    try:
+        name = f" ({signal.Signals(-code).name})" if code < 0 else ""
+    except ValueError:
+        name = ""
+    how = f"was killed by signal {-code}{name}" if code < 0 else f"exited with status {code}"
+    return f"rank {rank} of {nproc} {how} (its own output, if any, is above); the other ranks were stopped"

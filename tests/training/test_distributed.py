@@ -238,3 +238,36 @@ def test_a_nan_on_two_processes_stops_both_at_the_same_step_with_one_line(tmp_pa
     assert len(lines) == 1 and lines[0].startswith("pyro-vae: error: non-finite step 2 (epoch 1)"), proc.stderr
     state = RunDir(tmp_path / "run").load_checkpoint()
     assert state["step"] == 0 and all(torch.isfinite(p).all() for p in state["vae"].values())
+
+
+# rank 1 dies outside pyro_vae's error handling while rank 0 is busy: the launcher stops rank 0 and says why
+CRASH_SCRIPT = textwrap.dedent('''
+    import os
+    import sys
+    import time
+    from pyro_vae.training import distributed
+
+    def worker(how):
+        if os.environ["RANK"] == "1":
+            os._exit(1)
+        time.sleep(120)
+        return 0
+
+    if __name__ == "__main__":
+        sys.exit(distributed.launch(worker, 2, sys.argv[1]))
+''')
+
+
+def test_a_rank_that_dies_without_a_word_is_named_in_one_line(tmp_path):
+    (tmp_path / "crash.py").write_text(CRASH_SCRIPT)
+    proc = subprocess.run([sys.executable, str(tmp_path / "crash.py"), "exit"], capture_output=True, text=True,
+                          env=ENV, timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, proc.stderr  # rank 0, stopped by the launcher
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("pyro-vae: error: rank 1 of 2 exited with status 1"), proc.stderr
+
+
+def test_the_failure_line_prefers_a_rank_that_exited_by_itself_and_names_signals():
+    assert distributed.failure({1: -9}, 2).startswith("rank 1 of 2 was killed by signal 9 (SIGKILL)")
+    assert distributed.failure({0: -15, 3: 2}, 4).startswith("rank 3 of 4 exited with status 2")
+    assert distributed.failure({2: -99}, 4).startswith("rank 2 of 4 was killed by signal 99 (its own")
