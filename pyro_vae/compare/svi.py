@@ -11,7 +11,8 @@ from pyro_vae.config import Config
 from pyro_vae.data import Dataset
 from pyro_vae.evaluation.gradients import gradient_statistics
 from pyro_vae.evaluation.yardstick import Yardstick
-from pyro_vae.inference.objectives import build_elbo
+from pyro_vae.inference.engine import FusedELBO
+from pyro_vae.inference.objectives import build_elbo, has_pyro_loss
 from pyro_vae.model import VAE
 from pyro_vae.training.replicas import ReplicaTrainer, unsupported_reason
 from pyro_vae.training.trainer import Trainer
@@ -141,8 +142,10 @@ def evaluated(cfg: Config, data: Dataset, budget: Budget, trainer: Trainer, scor
     scored = test_scores(budget, vae, test)
     exact, final = scored["exact"], scored["final"]
     batch = data.train[: cfg.train.batch_size]
-    # of the method's own objective (Pyro's, whatever engine trained it: the fused loss is its twin)
-    noise = gradient_statistics(vae, build_elbo(cfg.inference), batch, budget.grad_samples)
+    # of the method's own objective (Pyro's, whatever engine trained it: the fused loss is its twin; the fused
+    # loss itself for the objectives without a Pyro form)
+    objective = build_elbo(cfg.inference) if has_pyro_loss(cfg.inference) else FusedELBO(cfg.inference)
+    noise = gradient_statistics(vae, objective, batch, budget.grad_samples)
     seconds = trainer.seconds
     return MethodResult(
         name=name, train_elbo=rows[kept - 1]["train_elbo"], val_elbo=curve[kept - 1]["val_elbo"],

@@ -30,15 +30,24 @@ def _groups(vae: VAE) -> Dict[str, list]:
             "decoder": [p for n, p in vae.named_parameters() if not n.startswith("encoder.") and p.requires_grad]}
 
 
+def _loss(vae: VAE, elbo, x: torch.Tensor) -> torch.Tensor:
+    """Minus the objective summed over ``x``: a Pyro loss's ``differentiable_loss``, or a fused loss
+    ``elbo(vae, x)`` (:class:`~pyro_vae.inference.engine.FusedELBO`: the objectives without a Pyro form)."""
+    if hasattr(elbo, "differentiable_loss"):
+        return elbo.differentiable_loss(vae.model, vae.guide, x)
+    return elbo(vae, x)
+
+
 def gradient_draws(vae: VAE, elbo, x: torch.Tensor, repeats: int = 50) -> Dict[str, torch.Tensor]:
-    """``repeats`` independent gradients of ``elbo.differentiable_loss`` per point on the fixed batch ``x``,
-    per group: ``{"encoder": (R, P_enc), "decoder": (R, P_dec)}`` float64 (the loss at KL weight 1)."""
+    """``repeats`` independent gradients of ``elbo`` per point on the fixed batch ``x`` (a Pyro loss, or a
+    fused one called as ``elbo(vae, x)``), per group: ``{"encoder": (R, P_enc), "decoder": (R, P_dec)}``
+    float64 (the loss at KL weight 1)."""
     groups = _groups(vae)
     draws = {k: [] for k in groups}
     with unit_kl_weight(vae):
         for _ in range(repeats):
             vae.zero_grad(set_to_none=True)
-            (elbo.differentiable_loss(vae.model, vae.guide, x) / x.shape[0]).backward()
+            (_loss(vae, elbo, x) / x.shape[0]).backward()
             for k, params in groups.items():
                 grads = [p.grad.reshape(-1) if p.grad is not None else torch.zeros_like(p).reshape(-1) for p in params]
                 draws[k].append(torch.cat(grads).double() if grads else torch.zeros(0, dtype=torch.float64))

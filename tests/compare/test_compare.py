@@ -261,3 +261,17 @@ def test_final_ais_scores_every_method_on_the_same_reference_and_keeps_exact_val
     assert row["estimator"] == "exact" and row["test_log_likelihood"] == row["exact_log_likelihood"]
     with pytest.raises(ConfigError, match="final 'hmc'"):
         Budget(final="hmc")
+
+
+def test_a_method_set_with_a_fused_only_objective_trains_and_reports_its_gradient_noise(tmp_path):
+    """--method-set with inference.objective=rws (no Pyro loss): trained on the fused engine, and its gradient
+    statistics taken on that same fused loss, the encoder's and decoder's both finite."""
+    cfg = validate_config({"data": {"name": "synthetic", "n": 120, "x_dim": 4}, "model": {"decoder": {"hidden": [8]}},
+                           "guide": {"hidden": [8]}, "train": {"batch_size": 32}})
+    methods = resolve_methods([], ["rws5:inference.objective=rws,inference.num_particles=5"])
+    report = compare(cfg, methods, Budget(stop="fixed", epochs=2, eval_samples=5, grad_samples=3), tmp_path / "cmp",
+                     verbose=False)
+    (row,) = report["methods"]
+    assert row["name"] == "rws5" and row["extra"]["engine"] == "fused" and row["epochs"] == 2
+    for group in ("encoder", "decoder"):
+        assert row["extra"][f"grad_snr_{group}"] > 0 and row["extra"][f"grad_variance_{group}"] > 0
