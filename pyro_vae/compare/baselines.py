@@ -29,7 +29,7 @@ from pyro_vae.data import Dataset
 from pyro_vae.errors import ConfigError
 from pyro_vae.evaluation.iwae import proposal_iwae
 from pyro_vae.evaluation.linear_gaussian import exact_log_likelihood, is_linear_gaussian
-from pyro_vae.inference.objectives import build_elbo
+from pyro_vae.inference.objectives import build_elbo, has_pyro_loss, no_pyro_loss
 from pyro_vae.training.stopping import BudgetLimit, Plateau
 
 GMM_LR = 0.1
@@ -150,7 +150,14 @@ def e_step_scores(vae, elbo, data: Dataset, budget: Budget, exact: bool, steps: 
             "val_log_px": val_log_px}
 
 
-@METHODS.register("variational_em")
+def _has_pyro_loss(cfg: Config) -> None:
+    """variational_em's E- and M-steps climb the config's Pyro ELBO: refuse an objective without one (rws, ...)."""
+    if not has_pyro_loss(cfg.inference):
+        raise ConfigError(f"{no_pyro_loss(cfg.inference)}; set inference.objective to elbo, "
+                          f"iwae or renyi for it")
+
+
+@METHODS.register("variational_em", check=_has_pyro_loss)
 def variational_em(cfg: Config, data: Dataset, budget: Budget) -> MethodResult:
     """Variational EM: per-point q_n (no encoder), E-steps on q_n then M-steps on theta, minibatch by minibatch."""
     rule = budget.rule(cfg.train, cfg.optim.lr)

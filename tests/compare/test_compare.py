@@ -134,6 +134,13 @@ def test_method_sets_are_validated_before_any_training(tmp_path):
     assert "[1/" not in res.stderr and not (tmp_path / "x").exists()
 
 
+def test_variational_em_refuses_an_objective_without_a_pyro_loss_before_any_training(tmp_path):
+    res = run_cli("compare", "--set", "inference.objective=rws", "--methods", "analytic_kl,variational_em",
+                  "--epochs", "1", "--out", tmp_path / "x")
+    assert res.returncode == 2 and "method 'variational_em': inference.objective: rws runs on the fused" in res.stderr
+    assert "[1/" not in res.stderr and not (tmp_path / "x").exists() and len(res.stderr.strip().splitlines()) == 1
+
+
 def test_conv_models_train_inside_compare_on_digits(tmp_path):
     """The conv pair needs the image shape: compare builds every method's VAE as `train` does."""
     cfg = validate_config({"model": {"decoder": {"name": "conv", "channels": [4]}},
