@@ -107,6 +107,13 @@ def uncommitted() -> list:
     return sorted(line[3:] for line in out.splitlines() if line.strip())
 
 
+def package_changed(start: str, end: str) -> bool:
+    """Whether pyro_vae/ differs between commits ``start`` and ``end`` (a run that outlived a commit to it)."""
+    if start == end:
+        return False
+    return subprocess.run(["git", "diff", "--quiet", start, end, "--", "pyro_vae"], cwd=ROOT).returncode != 0
+
+
 def trim(comparison: dict) -> dict:
     """What the page and its test need of a comparison.json: every row without its learning curve (the plots
     show the curves; the curves are most of the file's size), the summary, budget, yardstick and config."""
@@ -130,6 +137,7 @@ def run(name: str) -> None:
     meta = {"name": name, "title": RUN_SPECS[name][0], "command": command_line(name),
             "started_utc": started.strftime("%Y-%m-%d %H:%M UTC"), "wall_seconds": round(wall, 1),
             "machine": machine(), "git_commit": commit, "git_commit_end": git_commit(), "uncommitted": dirty}
+    meta["package_changed"] = package_changed(commit, meta["git_commit_end"]) or uncommitted() != dirty
     (out / "run_meta.json").write_text(json.dumps(meta, indent=1) + "\n")
     collect(name)
 
@@ -259,13 +267,24 @@ def machine_line(meta) -> str:
     dirty = meta.get("uncommitted") or []
     tree = (f"commit `{meta['git_commit']}` with uncommitted changes to {', '.join(f'`{f}`' for f in dirty)}"
             if dirty else f"commit `{meta['git_commit']}`")
-    end = meta.get("git_commit_end")
-    if end and end != meta["git_commit"]:
-        tree += f" (the checkout was at `{end}` when it finished: the package changed under the run)"
+    if meta.get("package_changed"):
+        tree += (f" (pyro_vae/ changed under the run: the checkout was at `{meta['git_commit_end']}` when it "
+                 "finished)")
     return (f"Run on {meta['started_utc']} from {tree}, on {m['cores']} cores "
             f"({m['cpu']}; {m['platform']}), Python {m['python']}, torch {m['torch']}, pyro {m['pyro']}, "
             f"`OMP_NUM_THREADS={m['omp_num_threads']}`. Wall time of the command: "
             f"{int(wall // 60)} min {int(round(wall % 60))} s.")
+
+
+def model_line(cfg: dict) -> str:
+    """The model and guide of a comparison's config, in one line (what every method shares)."""
+    def spec(d: dict) -> str:
+        keys = ", ".join(f"{k} {v}" for k, v in d.items() if k != "name")
+        return f"{d['name']} ({keys})" if keys else d["name"]
+
+    m = cfg["model"]
+    return (f"latent dimension {m['latent_dim']}; prior {spec(m['prior'])}; decoder {spec(m['decoder'])}; "
+            f"likelihood {spec(m['likelihood'])}; guide {spec(cfg['guide'])}")
 
 
 def table(run: Run):
@@ -388,7 +407,8 @@ def cautions(run: Run):
     if run.cmp["yardstick"]["estimator"].startswith("IWAE"):
         out.append(f"**The curves are not the table.** The yardstick plots show {run.cmp['yardstick']['estimator']} "
                    "with each method's own q on validation points, which flatters the methods that train q as a "
-                   "proposal; the table's test column is the like-for-like number.")
+                   "proposal" + ("; the table's test column is the like-for-like number." if run.exact or run.ais else
+                                 "; so does the table's test column here, which is the same kind of bound."))
     if not run.exact and not run.ais:
         out.append("**IWAE from each method's own q** is a lower bound whose looseness depends on that q: it favours "
                    "methods that train q as a proposal (IWAE, RWS) over those that do not. `--final ais` gives "
@@ -419,6 +439,7 @@ def section(name: str, data) -> list:
     lines += [ABOUT[name], "", "```bash", run.meta["command"], "```", "", machine_line(run.meta), ""]
     lines += [f"- **Data:** `{cmp['config']['data']['name']}`, {cmp['n_train']} train / {cmp['n_val']} validation / "
               f"{cmp['n_test']} test points.",
+              f"- **Model:** {model_line(cmp['config'])}.",
               f"- **Budget:** {cmp['budget']['description']}.",
               f"- **Seeds:** {run.n_seeds} ({', '.join(map(str, cmp['seeds']))}); the data split is the same for all.",
               f"- **Yardstick while training:** {ys['estimator']} log p(x) on {ys['points']} validation points.",
