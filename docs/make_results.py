@@ -3,6 +3,7 @@
     .venv/bin/python docs/make_results.py                 # every run (tens of minutes on 2 cores), then the page
     .venv/bin/python docs/make_results.py --only ppca     # rerun some (comma-separated), keep the others' data
     .venv/bin/python docs/make_results.py --render        # only re-render docs/results.md from docs/results/*.json
+    .venv/bin/python docs/make_results.py --collect       # re-copy finished runs/results/*/ into docs/results/
 
 Each run is a real ``pyro-vae compare`` into ``runs/results/<name>/`` (with OMP_NUM_THREADS=1 in its
 environment); its comparison.json, trimmed to what the page needs, is copied to ``docs/results/<name>.json``
@@ -44,11 +45,10 @@ RUN_SPECS = {
                        "--methods", "analytic_kl,iwae_k5,rws",
                        "--seeds", "1", "--jobs", "2"]),
 }
-# copied from each run's plots/ when present
 # what each data set is for: claims about the setting, not about the results
 ABOUT = {
     "ppca": "A linear-Gaussian model on data drawn from one: log p(x) is exact and the maximum-likelihood fit has "
-            "a closed form, so every method is measured against a known answer (the `em` row reaches it).",
+            "a closed form, so every method is measured against a known answer.",
     "digits": "The default config (a 2-d latent, an MLP decoder, a Normal likelihood) on the 8x8 digits bundled "
               "with the package: no closed form, so the test log p(x) is annealed importance sampling from each "
               "method's q to p(z|x), the same reference for every method, with each method's own IWAE bound "
@@ -57,6 +57,7 @@ ABOUT = {
                      "time cap on this machine, so this is a test of what each method reaches in that time as much "
                      "as of the method.",
 }
+# copied from each run's plots/ when present
 PLOTS = ("yardstick_epoch.png", "yardstick_wall_time.png", "final_log_likelihood.png")
 
 
@@ -535,7 +536,7 @@ def main(argv=None) -> None:
                 continue
             run(name)
     PAGE.write_text(render(DATA))
-    print(f"[make_results] wrote {PAGE.relative_to(ROOT)}")
+    print(f"[make_results] wrote {PAGE}")
 
 
 if __name__ == "__main__":
