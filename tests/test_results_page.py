@@ -122,3 +122,12 @@ def test_the_summary_the_page_quotes_is_the_mean_of_the_seed_rows(path):
         assert m["test_log_likelihood"]["mean"] == pytest.approx(sum(values) / len(values), abs=1e-9)
         assert m["n_converged"] == sum(bool(r["converged"]) for r in rows)
         assert {r["estimator"] for r in rows} == {m["estimator"]}
+
+
+def test_without_fashion_mnist_data_the_page_says_it_was_not_installed(tmp_path):
+    for name in ("ppca", "digits"):
+        (tmp_path / f"{name}.json").write_text((DATA / f"{name}.json").read_text())
+    page = make_results.render(tmp_path)
+    fashion = page[page.index("## Fashion-MNIST"):]
+    assert "was not installed" in fashion and "not run" in page
+    assert make_results.command_line("fashion_mnist") in fashion
