@@ -16,7 +16,8 @@ Where ``import numpyro`` works (the ``bench`` extra), each row also times one mo
 its whole epoch jitted in ``lax.scan`` (``numpyro_peer.scan_epoch_fn``, the fastest single-model loop of
 ``benchmarks/training.py``), interleaved in the same rounds, and reports the replicas' aggregate rate as a
 multiple of that one model's: R seeds at the cost of one, against the best one-seed loop on the machine.
-JAX runs on XLA's own thread pool (all cores), whatever ``--threads`` gives torch.
+JAX runs on XLA's own thread pool: one compute thread with ``--threads 1`` (``training.configure_jax``), else
+all cores.
 
 ``python -m benchmarks.seeds [--quick] [--replicas 1 4 8 16] [--rounds 5] [--threads N] [--device D]`` prints
 the table alone.
@@ -177,8 +178,9 @@ def markdown(result: Dict) -> str:
     lines += ["", "Aggregate examples/s: R x training rows per second of one epoch's steps (no validation). Replica r "
               "trains as its single-seed run does, to float rounding (`pyro_vae/training/replicas.py`)."]
     if peer:
+        threads = result["numpyro"].get("threads", "XLA's default pool (all usable cores)")
         lines += ["", f"numpyro[scan]: one model of the NumPyro peer per row ({result['numpyro']['note']}), its epoch "
-                  f"in lax.scan on XLA's thread pool (all cores)."]
+                  f"in lax.scan; JAX threads: {threads}."]
     return "\n".join(lines) + "\n"
 
 
@@ -192,7 +194,9 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+    jax_threads = training.configure_jax(args.threads, args.device)  # before anything imports jax
     result = run(args.quick, args.rounds, args.device, args.replicas)
+    result.get("numpyro", {})["threads"] = jax_threads
     print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores, {torch.get_num_threads()} torch threads")
     print(markdown(result))
     return 0
