@@ -131,6 +131,7 @@ def run(name: str) -> None:
     started = datetime.datetime.now(datetime.timezone.utc)
     commit, dirty = git_commit(), uncommitted()  # the code the run starts from
     print(f"[make_results] {name}: {' '.join(cmd)}", flush=True)
+    (out / "run_meta.json").unlink(missing_ok=True)  # ours: compare --overwrite refuses a folder with other files
     t0 = time.perf_counter()
     subprocess.run(cmd, cwd=ROOT, env=env, check=True)
     wall = time.perf_counter() - t0
