@@ -89,6 +89,9 @@ def add_arguments(p) -> None:
                         "while it trains (default 100; exact log p(x) where it exists)")
     p.add_argument("--yardstick-points", type=int, default=500, metavar="N",
                    help="validation points of the yardstick (default 500; all when there are fewer)")
+    p.add_argument("--test-points", type=int, default=None, metavar="N",
+                   help="score every method's test numbers on N fixed rows of the test split (default: all of "
+                        "it), e.g. for --final ais on a large test split")
     p.add_argument("--grad-samples", type=int, default=50, metavar="R",
                    help="repeated gradient evaluations behind the gradient variance (default 50)")
     p.add_argument("--out", help="output directory (default: runs/compare-<time>)")
@@ -122,7 +125,8 @@ def run(args) -> int:
                                ("--yardstick-samples", args.yardstick_samples, 0),
                                ("--yardstick-points", args.yardstick_points, 0), ("--seeds", args.seeds, 0),
                                ("--jobs", args.jobs, 0), ("--ais-steps", args.ais_steps, 0),
-                               ("--ais-chains", args.ais_chains, 0), ("--hmc-leapfrog", args.hmc_leapfrog, 0)):
+                               ("--ais-chains", args.ais_chains, 0), ("--hmc-leapfrog", args.hmc_leapfrog, 0),
+                               ("--test-points", args.test_points, 0)):
         if value is not None and not (math.isfinite(value) and value > least):
             raise ConfigError(f"{flag} {value}: must be a finite number > {least}")
     grid = _lr_grid(args.lr_grid)
@@ -133,7 +137,7 @@ def run(args) -> int:
     budget = Budget(stop=args.budget, epochs=args.epochs, seconds=seconds, eval_samples=args.samples,
                     grad_samples=args.grad_samples, yardstick_samples=args.yardstick_samples,
                     yardstick_points=args.yardstick_points, final=args.final, ais_steps=args.ais_steps,
-                    ais_chains=args.ais_chains, ais_leapfrog=args.hmc_leapfrog)
+                    ais_chains=args.ais_chains, ais_leapfrog=args.hmc_leapfrog, test_points=args.test_points)
     out = Path(args.out) if args.out else Path("runs") / f"compare-{time.strftime('%Y%m%d-%H%M%S')}"
     command = "pyro-vae " + shlex.join(getattr(args, "_argv", ["compare"]))
     report = compare(cfg, methods, budget, out, overwrite=args.overwrite, seeds=args.seeds, baseline=args.baseline,

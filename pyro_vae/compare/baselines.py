@@ -75,10 +75,6 @@ def _curve(fit: Fit) -> List[Dict[str, Any]]:
             for r in fit.history.rows]
 
 
-def _test(data: Dataset) -> torch.Tensor:
-    return data.test if len(data.test) else (data.val if len(data.val) else data.train)
-
-
 @METHODS.register("em", check=_linear_gaussian_kind)
 def em(cfg: Config, data: Dataset, budget: Budget) -> MethodResult:
     """Exact EM: pPCA (learn_scale global) or factor analysis (per_feature); refuses models without an exact E-step."""
@@ -91,7 +87,7 @@ def em(cfg: Config, data: Dataset, budget: Budget) -> MethodResult:
         warnings.simplefilter("ignore", ConvergenceWarning)
         fit = algorithm(data.train, K, max_iter=max_iter, seed=cfg.seed, x_val=points, seconds=budget.seconds)
     p = fit.params
-    test = ppca.log_likelihood(_test(data), p["W"], p["b"], p["noise_var"])
+    test = ppca.log_likelihood(budget.test_split(data), p["W"], p["b"], p["noise_var"])
     curve = _curve(fit)
     extra: Dict[str, Any] = {"algorithm": f"{kind}_em", "guide": "exact posterior: ELBO = log-likelihood"}
     if kind == "ppca":
@@ -99,7 +95,8 @@ def em(cfg: Config, data: Dataset, budget: Budget) -> MethodResult:
         extra["closed_form_train_log_likelihood"] = best.log_likelihood
         extra["gap_to_closed_form"] = best.log_likelihood - fit.log_likelihood
         q = best.params
-        extra["closed_form_test_log_likelihood"] = ppca.log_likelihood(_test(data), q["W"], q["b"], q["noise_var"])
+        extra["closed_form_test_log_likelihood"] = ppca.log_likelihood(budget.test_split(data), q["W"], q["b"],
+                                                                       q["noise_var"])
         extra["reference_val_log_px"] = ppca.log_likelihood(points, q["W"], q["b"], q["noise_var"])
     seconds = fit.history.seconds
     return MethodResult(name="em", train_elbo=fit.log_likelihood, val_elbo=curve[-1]["val_elbo"],
@@ -127,7 +124,7 @@ def e_step_scores(vae, elbo, data: Dataset, budget: Budget, exact: bool, steps: 
     its standard error over the points in ``extra``) and ``val_log_px`` (the yardstick: exact, or IWAE with
     ``budget.yardstick_samples`` draws from its points' q)."""
     val = data.val if len(data.val) else data.train
-    test = _test(data)
+    test = budget.test_split(data)
     yardstick = budget.yardstick(data)
     q_val = ve.infer_locals(vae, elbo, val, steps=steps)
     q_test = ve.infer_locals(vae, elbo, test, steps=steps)
@@ -212,7 +209,7 @@ def _gmm_result(name: str, fit: Fit, cfg: Config, data: Dataset, budget: Budget,
                 extra: Optional[Dict[str, Any]] = None) -> MethodResult:
     p = fit.params
     val = data.val if len(data.val) else data.train
-    test = gmm.log_likelihood(_test(data), **p)
+    test = gmm.log_likelihood(budget.test_split(data), **p)
     # scored on the training points while it trains (its history); on the yardstick's points at the end
     curve = [{"epoch": int(r["iteration"]), "wall_time": r["seconds"], "val_log_px": None,
               "val_elbo": r.get("elbo", r["log_likelihood"]), "train_log_likelihood": r["log_likelihood"]}
@@ -255,7 +252,7 @@ def gmm_amortized_svi(cfg: Config, data: Dataset, budget: Budget) -> MethodResul
     rule = _gmm_rule(budget, budget.max_iterations())
     fit = gmm.svi_amortized(x, init, lr=GMM_LR, seed=cfg.seed, stopping=rule)
     encoder = fit.modules["encoder"]
-    test = _test(data).double()
+    test = budget.test_split(data).double()
     with torch.no_grad():
         test_elbo = -TraceGraph_ELBO(num_particles=10, vectorize_particles=True, max_plate_nesting=1).loss(
             gmm.model, encoder.guide, test, fit.params) / len(test)

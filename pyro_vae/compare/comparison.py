@@ -266,7 +266,8 @@ def compare(cfg: Config, methods: List[Tuple[str, Method]], budget: Budget, out:
                             "samples": budget.yardstick_samples, "reference": reference, "reference_kind": kind},
               "step_sizes": _step_sizes(cfg, methods, chosen, lr_grid, selection),
               "seed_runs": _seed_runs(stacks, alone, seeds, bool(lr_grid), jobs),
-              "n_train": len(data.train), "n_val": len(data.val), "n_test": len(data.test), "jobs": jobs,
+              "n_train": len(data.train), "n_val": len(data.val), "n_test": len(data.test),
+              "n_test_scored": len(budget.test_split(data)), "jobs": jobs,
               "methods": [r.to_dict() for r in rows]}
     report["summary"] = summarize(report["methods"], report["baseline"])
     (out / "plots").mkdir(parents=True, exist_ok=True)

@@ -60,7 +60,7 @@ from pyro_vae.baselines import mcem as mc
 from pyro_vae.baselines import semi_amortized as sa
 from pyro_vae.baselines import wake_sleep as ws
 from pyro_vae.baselines.fitting import CURVE_POINTS, IWAE_SAMPLES
-from pyro_vae.compare.baselines import INFER_STEPS, _rule_stop, _test, e_step_scores
+from pyro_vae.compare.baselines import INFER_STEPS, _rule_stop, e_step_scores
 from pyro_vae.compare.methods import METHODS, Budget, MethodResult, test_scores
 from pyro_vae.config import Config, InferenceConfig
 from pyro_vae.data import Dataset
@@ -99,7 +99,7 @@ def _kept(fit) -> int:
 def _encoder_scores(vae, data: Dataset, budget: Budget) -> Dict[str, Any]:
     """The held-out numbers of a method with an encoder, as the SVI methods get them: the test bounds with
     ``budget.eval_samples`` draws from q(z|x), the final test log p(x), the yardstick (seeded stream 0)."""
-    scored = test_scores(budget, vae, _test(data))
+    scored = test_scores(budget, vae, budget.test_split(data))
     yardstick = budget.yardstick(data)
     with own_rng(0, vae.device):
         ys = yardstick(vae)
@@ -214,7 +214,8 @@ def semi_amortized(cfg: Config, data: Dataset, budget: Budget) -> MethodResult:
     validation, seen = _on_yardstick(data, budget)
     fit = sa.fit(cfg, data, stopping=rule, validation=validation, **SEMI_AMORTIZED)
     scores = _encoder_scores(fit.vae, data, budget)
-    gap = sa.amortization_gap(fit.vae, _test(data), **SEMI_AMORTIZED)  # what refinement recovers on the test points
+    # what refinement recovers on the test points
+    gap = sa.amortization_gap(fit.vae, budget.test_split(data), **SEMI_AMORTIZED)
     return _result("semi_amortized", fit, cfg, data, budget, scores,
                    iterations=fit.gradient_steps // (SEMI_AMORTIZED["refine_steps"] + 1),
                    scored_on=data.val if len(data.val) else data.train, settings=SEMI_AMORTIZED,

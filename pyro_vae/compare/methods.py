@@ -46,6 +46,9 @@ class Budget:
     evaluations behind the gradient-variance estimate, ``yardstick_samples`` and ``yardstick_points`` the
     K and the number of validation points of the yardstick (:class:`~pyro_vae.evaluation.yardstick.Yardstick`).
 
+    ``test_points`` (default: all) scores every method's test numbers on that many fixed rows of the test
+    split (:meth:`test_split`), for a test split too large for the final estimator on this machine.
+
     ``final`` is the estimator of the final test log p(x) for a model without a closed form: ``iwae``, the
     IWAE bound with ``eval_samples`` draws from the method's own q (a ruler that depends on q), or ``ais``,
     annealed importance sampling with ``ais_steps`` temperatures, ``ais_chains`` chains per point and
@@ -63,6 +66,7 @@ class Budget:
     ais_steps: int = 100
     ais_chains: int = 16
     ais_leapfrog: int = 10
+    test_points: Optional[int] = None
 
     def __post_init__(self):
         if self.stop not in STOPS:
@@ -72,6 +76,8 @@ class Budget:
         for key in ("ais_steps", "ais_chains", "ais_leapfrog"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"budget: {key} {getattr(self, key)} must be at least 1")
+        if self.test_points is not None and self.test_points < 1:
+            raise ConfigError(f"budget: test_points {self.test_points} must be at least 1")
         if self.stop == "fixed" and self.epochs is None and self.seconds is None:
             raise ConfigError("budget: a fixed budget needs --epochs or --seconds")
 
@@ -100,6 +106,16 @@ class Budget:
         split (the training split when there is none), ``yardstick_samples`` importance samples."""
         val = data.val if len(data.val) else data.train
         return Yardstick(val, self.yardstick_samples, self.yardstick_points)
+
+    def test_split(self, data: Dataset) -> torch.Tensor:
+        """The rows every method's test numbers are scored on: the test split (the validation split when there is
+        none, else the training split), or ``test_points`` of its rows drawn once with a generator seeded 0 (in
+        their order in the split), the same rows for every method and seed."""
+        x = data.test if len(data.test) else (data.val if len(data.val) else data.train)
+        if self.test_points is None or self.test_points >= len(x):
+            return x
+        g = torch.Generator().manual_seed(0)
+        return x[torch.randperm(len(x), generator=g)[:self.test_points].sort().values]
 
     def final_estimate(self, vae, x: torch.Tensor,
                        proposal: Optional[Callable[[torch.Tensor], Distribution]] = None) -> Optional[Dict[str, Any]]:

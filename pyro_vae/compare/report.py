@@ -105,8 +105,11 @@ def _header(report: Mapping[str, Any], names: Sequence[str]) -> List[str]:
     if steps:
         lines.append(f"- **Step sizes:** {steps['description']}")
     if "n_train" in report:
+        scored = report.get("n_test_scored", report.get("n_test", 0))
+        subset = f" (test numbers on {scored} of them, fixed rows: --test-points)" \
+            if scored != report.get("n_test", 0) else ""
         lines.append(f"- **Data:** {report['n_train']} train / {report.get('n_val', 0)} validation / "
-                     f"{report.get('n_test', 0)} test points")
+                     f"{report.get('n_test', 0)} test points{subset}")
     return lines + [""]
 
 

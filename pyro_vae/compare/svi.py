@@ -137,8 +137,7 @@ def evaluated(cfg: Config, data: Dataset, budget: Budget, trainer: Trainer, scor
     vae.cpu().eval()
     curve = _curve(trainer, scores)
     kept = rule.best_epoch if trainer.restored else trainer.epoch  # the epoch whose parameters are evaluated
-    val = data.val if len(data.val) else data.train
-    test = data.test if len(data.test) else val
+    test = budget.test_split(data)
     scored = test_scores(budget, vae, test)
     exact, final = scored["exact"], scored["final"]
     batch = data.train[: cfg.train.batch_size]

@@ -282,3 +282,38 @@ def test_a_method_set_with_a_fused_only_objective_trains_and_reports_its_gradien
     assert row["name"] == "rws5" and row["extra"]["engine"] == "fused" and row["epochs"] == 2
     for group in ("encoder", "decoder"):
         assert row["extra"][f"grad_snr_{group}"] > 0 and row["extra"][f"grad_variance_{group}"] > 0
+
+
+def test_test_points_score_every_method_on_the_same_fixed_rows_of_the_test_split(tmp_path):
+    """--test-points N: N rows of the test split, drawn once (seed 0) and kept in their order, for every method;
+    the exact numbers are those of those rows; the report says how many it scored."""
+    import torch
+
+    from pyro_vae.baselines import ppca
+    from pyro_vae.data import load_data
+
+    cfg = validate_config({"data": {"name": "synthetic", "n": 200, "x_dim": 4}, "model": {
+        "latent_dim": 2, "decoder": {"name": "linear"}, "likelihood": {"learn_scale": "global"}},
+        "guide": {"hidden": []}, "train": {"batch_size": 32}})
+    data = load_data(cfg.data, cfg.seed)
+    budget = Budget(stop="fixed", epochs=2, eval_samples=5, grad_samples=2, test_points=7)
+    rows = budget.test_split(data)
+    assert rows.shape == (7, 4) and torch.equal(rows, budget.test_split(data))
+    index = [int((data.test == r).all(1).nonzero()) for r in rows]
+    assert index == sorted(index) and len(set(index)) == 7
+    assert Budget(test_points=len(data.test)).test_split(data) is data.test and Budget().test_split(data) is data.test
+    report = compare(cfg, resolve_methods(["em", "analytic_kl"]), budget, tmp_path / "cmp", verbose=False)
+    assert report["n_test_scored"] == 7 and report["n_test"] == len(data.test)
+    em, svi = report["methods"]
+    q = ppca.ppca_closed_form(data.train, 2).params
+    assert em["extra"]["closed_form_test_log_likelihood"] == pytest.approx(
+        ppca.log_likelihood(rows, q["W"], q["b"], q["noise_var"]), rel=1e-9)
+    assert svi["estimator"] == "exact" and "test numbers on 7 of them" in (tmp_path / "cmp" / "comparison.md").read_text()
+    with pytest.raises(ConfigError, match="budget: test_points 0 must be at least 1"):
+        Budget(test_points=0)
+
+
+def test_bad_test_points_are_refused_in_one_line(tmp_path):
+    res = run_cli("compare", "--methods", "analytic_kl", "--test-points", "0", "--out", tmp_path / "x")
+    assert res.returncode == 2 and "--test-points 0: must be a finite number > 0" in res.stderr
+    assert not (tmp_path / "x").exists()
