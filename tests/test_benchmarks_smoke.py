@@ -5,6 +5,7 @@ import importlib.util
 import json
 import math
 import os
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -102,6 +103,26 @@ def test_seeds_benchmark_smoke():
                                         "adam": 8 * n_params, "total": 16 * n_params}
     table = seeds.markdown({"available": True, "rows": [row]})
     assert "| tiny, normal, B=32 | 2 |" in table and table.count("x |") == 1
+
+
+def test_seeds_benchmark_peer_column_plumbing(monkeypatch):
+    """The numpyro[scan] column's timing, ratio and table, with one single-seed torch run standing in for the
+    NumPyro model (so it runs without the bench extra; the real peer is the test below)."""
+    from benchmarks import seeds
+
+    case = Case("tiny", "generated", 12, 8, 2, "normal", 32, n_train=64)
+    def stand_in(case, data, device):
+        return seeds.sequential_epoch_fn(seeds.configs(case, 1, device), data, device)
+
+    monkeypatch.setattr(seeds, "numpyro_epoch_fn", stand_in)
+    row = seeds.run_case(case, 2, rounds=2, numpyro=True)
+    rates = row["examples_per_second"]
+    assert set(rates) == {"replicas", "sequential", "numpyro[scan]"} and len(row["all_rounds"]["numpyro[scan]"]) == 2
+    assert row["ratio_to_numpyro_scan"] == pytest.approx(statistics.median(
+        a / b for a, b in zip(row["all_rounds"]["replicas"], row["all_rounds"]["numpyro[scan]"])))
+    table = seeds.markdown({"available": True, "rows": [row], "numpyro": {"note": "stand-in", "threads": "1"}})
+    assert f"| {rates['numpyro[scan]']:.0f} | {row['ratio_to_numpyro_scan']:.2f}x |" in table
+    assert "numpyro[scan]: one model of the NumPyro peer per row (stand-in)" in table and "JAX threads: 1." in table
 
 
 @pytest.mark.skipif(not HAS_NUMPYRO, reason="the numpyro[scan] column needs the bench extra (jax, numpyro)")

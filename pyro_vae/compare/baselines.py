@@ -87,7 +87,8 @@ def em(cfg: Config, data: Dataset, budget: Budget) -> MethodResult:
         warnings.simplefilter("ignore", ConvergenceWarning)
         fit = algorithm(data.train, K, max_iter=max_iter, seed=cfg.seed, x_val=points, seconds=budget.seconds)
     p = fit.params
-    test = ppca.log_likelihood(budget.test_split(data), p["W"], p["b"], p["noise_var"])
+    x_test = budget.test_split(data)
+    test = ppca.log_likelihood(x_test, p["W"], p["b"], p["noise_var"])
     curve = _curve(fit)
     extra: Dict[str, Any] = {"algorithm": f"{kind}_em", "guide": "exact posterior: ELBO = log-likelihood"}
     if kind == "ppca":
@@ -95,8 +96,7 @@ def em(cfg: Config, data: Dataset, budget: Budget) -> MethodResult:
         extra["closed_form_train_log_likelihood"] = best.log_likelihood
         extra["gap_to_closed_form"] = best.log_likelihood - fit.log_likelihood
         q = best.params
-        extra["closed_form_test_log_likelihood"] = ppca.log_likelihood(budget.test_split(data), q["W"], q["b"],
-                                                                       q["noise_var"])
+        extra["closed_form_test_log_likelihood"] = ppca.log_likelihood(x_test, q["W"], q["b"], q["noise_var"])
         extra["reference_val_log_px"] = ppca.log_likelihood(points, q["W"], q["b"], q["noise_var"])
     seconds = fit.history.seconds
     return MethodResult(name="em", train_elbo=fit.log_likelihood, val_elbo=curve[-1]["val_elbo"],

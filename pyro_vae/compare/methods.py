@@ -15,7 +15,7 @@ from pyro_vae.data import Dataset
 from pyro_vae.errors import ConfigError
 from pyro_vae.evaluation.ais import ais_points
 from pyro_vae.evaluation.evaluate import evaluate_points, mc_se
-from pyro_vae.evaluation.yardstick import Yardstick
+from pyro_vae.evaluation.yardstick import Yardstick, fixed_rows
 from pyro_vae.model import own_rng
 from pyro_vae.registry import Named
 from pyro_vae.training.stopping import BudgetLimit, EpochLimit, Plateau
@@ -109,13 +109,10 @@ class Budget:
 
     def test_split(self, data: Dataset) -> torch.Tensor:
         """The rows every method's test numbers are scored on: the test split (the validation split when there is
-        none, else the training split), or ``test_points`` of its rows drawn once with a generator seeded 0 (in
-        their order in the split), the same rows for every method and seed."""
+        none, else the training split), or ``test_points`` of its rows (:func:`fixed_rows`: drawn once, in their
+        order in the split), the same rows for every method and seed."""
         x = data.test if len(data.test) else (data.val if len(data.val) else data.train)
-        if self.test_points is None or self.test_points >= len(x):
-            return x
-        g = torch.Generator().manual_seed(0)
-        return x[torch.randperm(len(x), generator=g)[:self.test_points].sort().values]
+        return x if self.test_points is None else fixed_rows(x, self.test_points)
 
     def final_estimate(self, vae, x: torch.Tensor,
                        proposal: Optional[Callable[[torch.Tensor], Distribution]] = None) -> Optional[Dict[str, Any]]:

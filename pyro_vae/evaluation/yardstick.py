@@ -29,6 +29,15 @@ from pyro_vae.model import VAE
 SUBSET_SEED = 0  # the points are the same for every method and seed of a comparison
 
 
+def fixed_rows(x: torch.Tensor, n: int) -> torch.Tensor:
+    """``n`` rows of ``x`` ``(N, ...)`` drawn once with a generator seeded :data:`SUBSET_SEED`, kept in their order
+    (``x`` itself when it has no more than ``n``): the same rows for every method and seed of a comparison."""
+    if len(x) <= n:
+        return x
+    g = torch.Generator().manual_seed(SUBSET_SEED)
+    return x[torch.randperm(len(x), generator=g)[:n].sort().values]
+
+
 class Yardstick:
     """Scores a VAE on ``num_points`` fixed rows of ``x`` (all of them when there are fewer): mean log p(x) in
     nats per point, exact or IWAE with ``num_samples`` importance samples, and the ELBO from the same draws.
@@ -39,10 +48,7 @@ class Yardstick:
     def __init__(self, x: torch.Tensor, num_samples: int = 100, num_points: int = 500):
         if num_samples < 1 or num_points < 1:
             raise ValueError(f"yardstick: num_samples and num_points must be >= 1, got {num_samples}, {num_points}")
-        if len(x) > num_points:
-            g = torch.Generator().manual_seed(SUBSET_SEED)
-            x = x[torch.randperm(len(x), generator=g)[:num_points].sort().values]
-        self.points, self.num_samples = x, num_samples
+        self.points, self.num_samples = fixed_rows(x, num_points), num_samples
 
     def estimator(self, vae: VAE) -> str:
         """``exact`` or ``IWAE-K``: what :meth:`__call__` computes for ``vae``."""

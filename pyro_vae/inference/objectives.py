@@ -41,10 +41,9 @@ def build_elbo(inference: InferenceConfig) -> ELBO:
     Particles are vectorized: one batched pass draws ``num_particles`` z per data point. ``rws`` and
     ``wake_sleep`` have no Pyro loss (:func:`no_pyro_loss`): a :class:`ConfigError`.
     """
-    key = (inference.objective, inference.estimator)
-    if key not in OBJECTIVES:
+    if not has_pyro_loss(inference):
         raise ConfigError(no_pyro_loss(inference))
-    return OBJECTIVES[key](inference)
+    return OBJECTIVES[loss_key(inference)](inference)
 
 
 def no_pyro_loss(inference) -> str:
@@ -55,8 +54,9 @@ def no_pyro_loss(inference) -> str:
 
 
 def has_pyro_loss(inference) -> bool:
-    """Whether :func:`build_elbo` has a Pyro loss for ``inference`` (every objective but rws and wake_sleep)."""
-    return getattr(inference, "objective", "elbo") not in WAKE_SLEEP_OBJECTIVES
+    """Whether :func:`build_elbo` has a Pyro loss for ``inference`` (its key is in :data:`OBJECTIVES`: every
+    objective but rws and wake_sleep)."""
+    return loss_key(inference) in OBJECTIVES
 
 
 # (objective, estimator) -> (the fused loss, its argument after num_particles read from the inference config)
