@@ -49,6 +49,13 @@ class Likelihood(nn.Module):
         """
         return self(params).log_prob(x)
 
+    def log_prob_vjp(self, params: torch.Tensor, x: torch.Tensor, grad: torch.Tensor) -> torch.Tensor | None:
+        """``grad`` (of :meth:`log_prob`'s shape) times the gradient of :meth:`log_prob` in ``params``, written out
+        in the operations autograd would run on it (the same bits), for a caller that runs its own backward pass
+        (:mod:`pyro_vae.training.stacked`); None where a subclass does not write it out (the caller then
+        differentiates :meth:`log_prob` by autograd)."""
+        return None
+
 
 LearnScale = Literal["none", "global", "per_feature"]
 ScaleInit = Literal["data", "config"]
@@ -154,6 +161,12 @@ class NormalLikelihood(LocScaleLikelihood):
         quad = ((x - loc) / self.scale).pow(2).sum(-1)  # sigma () or (x_dim,) broadcasts
         return quad.mul(-0.5) - (self.log_scale.expand(self.x_dim).sum() + self.x_dim * LOG_SQRT_2PI)
 
+    def log_prob_vjp(self, loc, x, grad):
+        r""":math:`g\, (x_i - g_i) / \sigma_i^2` per feature, as autograd's backward of :meth:`log_prob` computes it
+        (``-0.5`` through the square of :math:`u = (x - g) / \sigma`, then :math:`/\sigma` and the sign)."""
+        scale = self.scale
+        return ((grad * -0.5).unsqueeze(-1) * (2 * ((x - loc) / scale)) / scale).neg()
+
 
 @LIKELIHOODS.register("laplace")
 class LaplaceLikelihood(LocScaleLikelihood):
@@ -237,6 +250,12 @@ class BernoulliLikelihood(Likelihood):
         the decoder's matrix products against 0.2x for this form (torch.profiler, 784-400-50).
         """
         return softplus(logits).addcmul_(logits, x, value=-1).sum(-1).neg_()
+
+    def log_prob_vjp(self, logits, x, grad):
+        r""":math:`g\,(x_i - \sigma(l_i))`, as autograd's backward of :meth:`log_prob` computes it: the softplus's
+        backward plus ``addcmul``'s :math:`-x` term."""
+        g = grad.neg().unsqueeze(-1)
+        return torch.ops.aten.softplus_backward(g.expand(logits.shape), logits, 1, 20) + g * (x * -1)
 
     def check_data(self, x: torch.Tensor, where: str) -> None:
         bad = ~((x == 0) | (x == 1))

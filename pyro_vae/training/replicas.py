@@ -175,16 +175,13 @@ class ReplicaTrainer:
         """One step of the stacked replicas on ``x`` ``(R, B, x_dim)`` (``rows``: their rows of ``data.train``);
         returns the loss per point ``(R,)`` and, per replica, whether its step was taken."""
         stack = self.stack
-        stack.zero_grad()
-        B = x.shape[1]
-        losses = self.model(stack.P, x, self.draw(B), self.kl_weights()) / B
-        values = losses.detach().tolist()  # the one host read of the step, as the Trainer's loss.item()
+        # replicas share no arithmetic: the sum's gradient (in stack.P[i].grad) is each one's own
+        losses = self.model.loss_and_grad(stack.P, x, self.draw(x.shape[1]), self.kl_weights())
+        values = losses.tolist()  # the one host read of the step, as the Trainer's loss.item()
         bad = {j: f"the loss is {v}" for j, v in enumerate(values) if not math.isfinite(v)}
-        if len(bad) < len(values):
-            losses.sum().backward()  # replicas share no arithmetic: the sum's gradient is each one's own
-            if not grads_finite(stack.P):
-                for j, name in stack.bad_gradients(self.model.names).items():
-                    bad.setdefault(j, f"the gradient of {name} is not finite")
+        if len(bad) < len(values) and not grads_finite(stack.P):
+            for j, name in stack.bad_gradients(self.model.names).items():
+                bad.setdefault(j, f"the gradient of {name} is not finite")
         for j, what in bad.items():
             self.nonfinite(j, x[j], rows[j], what)
         ok = [j not in bad for j in range(len(values))]
@@ -198,7 +195,7 @@ class ReplicaTrainer:
                 for p in params:
                     p.grad = None
         stack.adam_step(ok, [self.replicas[r].optimizer.param_groups[0]["lr"] for r in self.rows])
-        return losses.detach(), ok
+        return losses, ok
 
     def draw(self, batch: int) -> torch.Tensor:
         """Each replica's standard variates of z, ``(R, [K,] B, latent_dim)``, from its own stream."""
@@ -268,7 +265,8 @@ class ReplicaTrainer:
         every = reps[0].checkpoint_every_steps
         for b in range(reps[0].current["batch"], len(batches)):
             idx = batches[b]
-            x = shared[idx] if shared is not None else torch.stack([t._x[i] for t, i in zip(reps, idx)])
+            x = shared.index_select(0, idx.flatten()).view(*idx.shape, -1) if shared is not None else \
+                torch.stack([t._x[i] for t, i in zip(reps, idx)])
             losses, ok = self.step(x, idx)
             n = idx.shape[1]
             added = totals + losses * n  # per replica the Trainer's total + loss * len(batch)

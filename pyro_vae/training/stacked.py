@@ -2,7 +2,10 @@ r"""Replicas of one stock VAE stacked along a leading dimension: their ELBO in b
 
 :class:`Stack` turns R replicas' parameters and Adam moments into views of tensors ``(R, *shape)``;
 :class:`StackedELBO` computes every replica's loss in one pass over them, each ``nn.Linear`` becoming one
-``baddbmm`` over the replica dimension; :meth:`Stack.adam_step` runs torch's fused Adam kernel on them. Adam
+``baddbmm`` over the replica dimension, and its gradient by a hand-written backward pass in autograd's own
+formulas (:meth:`StackedELBO.loss_and_grad`: at the digits' shapes autograd's graph and per-node dispatch cost
+more than the arithmetic; without them a stacked step of 8 replicas took 0.93-1.0 ms against 1.23-1.33 ms);
+:meth:`Stack.adam_step` runs torch's fused Adam kernel on them. Adam
 is elementwise, so one kernel over stacked tensors is R Adams, but the CPU kernel rounds a vector's elements
 and a tensor's tail (its last ``numel mod`` vector-width elements) differently; so a stacked tensor is
 stepped whole only where every replica's slice is whole vectors (:data:`WHOLE_VECTORS`) and every replica
@@ -13,7 +16,6 @@ its single run: either way the kernel's arithmetic per element is the single run
 
 from __future__ import annotations
 
-from functools import partial
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -51,12 +53,15 @@ def architecture_reason(vae: VAE) -> Optional[str]:
 
 
 class StackedELBO:
-    """Minus the ELBO of R stacked replicas of one stock VAE, ``(R,)``, each summed over its batch:
-    :func:`~pyro_vae.inference.elbo.fused_elbo_loss`'s fast path in its operations and order, each ``nn.Linear``
-    (``addmm(b, h, W^T)``) a batched product over the replica dimension (:class:`BatchedLinear`), the prior's
-    ``kl_from_normal`` per replica and the likelihood's closed form as is. ``P`` are the stacked parameters
+    """Minus the ELBO of R stacked replicas of one stock VAE, ``(R,)``, each summed over its batch, and its
+    gradient, both written out: :func:`~pyro_vae.inference.elbo.fused_elbo_loss`'s fast path in its operations and
+    order, each ``nn.Linear`` (``addmm(b, h, W^T)``) a batched product over the replica dimension, the prior's
+    ``kl_from_normal`` per replica and the likelihood's closed form as is; and the backward pass autograd would run
+    on it, step by step in autograd's own formulas (so the same bits), without autograd's graph and per-node
+    dispatch, which cost more than the arithmetic at the digits' shapes. ``P`` are the stacked parameters
     ``(R, *shape)``, in ``vae.named_parameters()`` order (:attr:`names`); :func:`architecture_reason` says which
-    VAEs it covers."""
+    VAEs it covers. A prior other than the standard Normal, or a likelihood that does not declare
+    ``log_prob_vjp``, is differentiated by autograd locally (its few operations alone)."""
 
     def __init__(self, vae: VAE, num_particles: int = 1):
         self.names = [n for n, _ in vae.named_parameters()]
@@ -69,32 +74,98 @@ class StackedELBO:
             _plan(dec.linear, "decoder.linear", index)
         prior = vae.prior
         # (R, B, d) twice -> (R,): the prior's hook per replica (vmap costs ~0.1 ms a call; the standard Normal's
-        # is written out, in kl_normal_normal's operations and order, summed per replica)
-        self.kl = partial(_kl_standard_normal, prior) if type(prior) is NormalPrior \
-            else torch.vmap(prior.kl_from_normal)
-        self.likelihood, self.num_particles = vae.likelihood, num_particles
+        # is written out, in kl_normal_normal's operations and order, summed per replica, with its backward)
+        self.standard = type(prior) is NormalPrior and bool((prior.loc == 0).all() and (prior.scale == 1).all())
+        self.kl = _kl_standard_normal if self.standard else torch.vmap(prior.kl_from_normal)
+        self.prior, self.likelihood, self.num_particles = prior, vae.likelihood, num_particles
 
     def __call__(self, P: List[torch.Tensor], x: torch.Tensor, eps: torch.Tensor,
                  kl_weight: Optional[torch.Tensor] = None) -> torch.Tensor:
         """``x`` ``(R, B, x_dim)``, ``eps`` ``(R, [K,] B, latent_dim)``, ``kl_weight`` ``(R,)`` or None (beta = 1)."""
+        with torch.no_grad():
+            return self._forward(P, x, eps, kl_weight)[0]
+
+    def loss_and_grad(self, P: List[torch.Tensor], x: torch.Tensor, eps: torch.Tensor,
+                      kl_weight: Optional[torch.Tensor] = None) -> torch.Tensor:
+        r"""The losses per point ``(R,)`` (:meth:`__call__` over the batch size ``B``), and in ``P[i].grad`` the
+        gradient of their sum: replica r's slice is :math:`\nabla_{\theta_r} \ell_r / B`, as
+        ``(losses / B).sum().backward()`` gives it, bit for bit."""
         R, B, K = x.shape[0], x.shape[1], self.num_particles
-        h = _forward(self.trunk, P, x)
-        loc, scale = _forward(self.loc, P, h), positive_scale(_forward(self.scale, P, h))  # (R, B, d) each
+        grads: List[Optional[torch.Tensor]] = [None] * len(P)
+        with torch.no_grad():
+            loss, (tapes, loc, scale, raw, out) = self._forward(P, x, eps, kl_weight)
+            g = torch.ones(R, device=x.device) / B  # d(sum_r loss_r / B) / d loss_r
+            g_kl = g if kl_weight is None else g * kl_weight
+            g_loc, g_scale = self._kl_vjp(loc, scale, g_kl)
+            g_lik = g.neg()  # loss = beta KL - log_lik
+            if K > 1:  # log_lik = log_prob(out, x).sum((1, 2)) / K
+                g_out = self._log_prob_vjp(out, x.unsqueeze(1), (g_lik / K)[:, None, None].expand(R, K, B))
+                g_z = _backward(tapes[3], P, g_out.reshape(R, K * B, -1), grads, True).reshape(R, K, B, -1)
+                g_loc, g_scale = g_z.sum(1) + g_loc, (g_z * eps).sum(1) + g_scale
+            else:
+                g_z = _backward(tapes[3], P, self._log_prob_vjp(out, x, g_lik[:, None].expand(R, B)), grads, True)
+                g_loc, g_scale = g_z + g_loc, g_z * eps + g_scale
+            g_raw = torch.ops.aten.softplus_backward(g_scale, raw, 1, 20)  # positive_scale = softplus(raw) + MIN_SCALE
+            shared = bool(self.trunk)
+            g_h = _backward(tapes[1], P, g_loc, grads, shared)
+            g_h2 = _backward(tapes[2], P, g_raw, grads, shared)
+            if shared:
+                _backward(tapes[0], P, g_h + g_h2, grads, False)
+        for p, grad in zip(P, grads):
+            p.grad = grad
+        return loss / B
+
+    def _forward(self, P, x, eps, kl_weight):
+        """The losses ``(R,)`` and what the backward pass reads: each network's tape, loc, scale, raw scale, out."""
+        R, B, K = x.shape[0], x.shape[1], self.num_particles
+        tapes: List[list] = [[], [], [], []]
+        h = _forward(self.trunk, P, x, tapes[0])
+        loc, raw = _forward(self.loc, P, h, tapes[1]), _forward(self.scale, P, h, tapes[2])  # (R, B, d) each
+        scale = positive_scale(raw)
         kl = self.kl(loc, scale)  # (R,) = sum_b KL(q(z|x_rb) || p)
         if K > 1:  # z (R, K, B, d), as rsample_normal broadcasts loc (B, d) against eps (K, B, d)
             z = loc.unsqueeze(1) + eps * scale.unsqueeze(1)
-            out = _forward(self.decoder, P, z.reshape(R, K * B, -1)).reshape(R, K, B, -1)
+            out = _forward(self.decoder, P, z.reshape(R, K * B, -1), tapes[3]).reshape(R, K, B, -1)
             log_lik = self.likelihood.log_prob(out, x.unsqueeze(1)).sum((1, 2)) / K
         else:
-            log_lik = self.likelihood.log_prob(_forward(self.decoder, P, loc + eps * scale), x).sum(1)
-        return (kl if kl_weight is None else kl_weight * kl) - log_lik
+            out = _forward(self.decoder, P, loc + eps * scale, tapes[3])
+            log_lik = self.likelihood.log_prob(out, x).sum(1)
+        loss = (kl if kl_weight is None else kl_weight * kl) - log_lik
+        return loss, (tapes, loc, scale, raw, out)
+
+    def _kl_vjp(self, loc, scale, grad):
+        """``grad`` ``(R,)`` times the KL's gradient in ``loc`` and ``scale``."""
+        if self.standard:
+            return _kl_standard_normal_vjp(loc, scale, grad)
+        return _local_vjp(self.kl, (loc, scale), grad)
+
+    def _log_prob_vjp(self, out, x, grad):
+        """``grad`` (log_prob's shape) times log_prob's gradient in the decoder's output."""
+        g = self.likelihood.log_prob_vjp(out, x, grad)
+        return g if g is not None else _local_vjp(lambda o: self.likelihood.log_prob(o, x), (out,), grad)[0]
 
 
-def _kl_standard_normal(prior: NormalPrior, loc: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """:func:`~pyro_vae.components.priors.kl_normal_normal` against the prior's buffers, summed per replica ``(R,)``."""
-    var_ratio = (scale / prior.scale).pow(2)
-    t1 = ((loc - prior.loc) / prior.scale).pow(2)
-    return (0.5 * (var_ratio + t1 - 1 - var_ratio.log())).sum((1, 2))
+def _local_vjp(fn, inputs, grad):
+    """``grad`` times ``fn``'s gradient in ``inputs``, by autograd on ``fn`` alone."""
+    with torch.enable_grad():
+        leaves = [t.detach().requires_grad_() for t in inputs]
+        return torch.autograd.grad(fn(*leaves), leaves, grad)
+
+
+def _kl_standard_normal(loc: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """:func:`~pyro_vae.components.priors.kl_normal_normal` against the prior's buffers, summed per replica ``(R,)``,
+    without its ``- 0`` and ``/ 1`` (exact in floating point: the same bits, four operations fewer)."""
+    var_ratio = scale.pow(2)
+    return (0.5 * (var_ratio + loc.pow(2) - 1 - var_ratio.log())).sum((1, 2))
+
+
+def _kl_standard_normal_vjp(loc: torch.Tensor, scale: torch.Tensor,
+                            grad: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    r""":func:`_kl_standard_normal`'s backward as autograd runs it: with :math:`r = s^2`,
+    :math:`\partial/\partial s = \tfrac12 g (1 - 1/r)\, 2s` and :math:`\partial/\partial m = \tfrac12 g\, 2m`."""
+    half = grad[:, None, None] * 0.5  # the sum's and 0.5 *'s backward: (R, 1, 1), broadcast
+    g_ratio = half + half.neg() / scale.pow(2)  # var_ratio's two uses: the sum, and - log
+    return half * (2 * loc), g_ratio * (2 * scale)
 
 
 def _plan(module: nn.Module, prefix: str, index: Dict[str, int]) -> list:
@@ -104,32 +175,49 @@ def _plan(module: nn.Module, prefix: str, index: Dict[str, int]) -> list:
     return [(index[f"{n}.weight"], index.get(f"{n}.bias")) if isinstance(m, nn.Linear) else m for n, m in named]
 
 
-def _forward(steps: list, P: List[torch.Tensor], h: torch.Tensor) -> torch.Tensor:
+def _forward(steps: list, P: List[torch.Tensor], h: torch.Tensor, tape: list) -> torch.Tensor:
+    """The steps on ``h`` ``(R, N, in)``, each Linear ``h W^T + b`` per replica; ``tape`` gets each step's input
+    (and an activation's output) for :func:`_backward`."""
     for step in steps:
         if isinstance(step, tuple):
-            h = BatchedLinear.apply(h, P[step[0]], None if step[1] is None else P[step[1]])
+            w, b = P[step[0]], None if step[1] is None else P[step[1]]
+            tape.append((step, h))
+            h = torch.bmm(h, w.transpose(1, 2)) if b is None else torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2))
         else:
-            h = step(h)
+            y = step(h)
+            tape.append((step, h, y))
+            h = y
     return h
 
 
-class BatchedLinear(torch.autograd.Function):
-    """``F.linear`` of R replicas, ``h`` ``(R, N, in)``, ``w`` ``(R, out, in)``, ``b`` ``(R, out)`` or None, with
-    ``addmm``'s backward written out per replica: the weight's gradient as ``g^T h`` in the weight's own layout
-    (as torch's ``mm_mat2_backward`` gives it for ``W^T``; ``bmm``'s own would be ``h^T g``, transposed and copied),
-    the input's as ``g W`` and the bias's as the sum of ``g`` over the rows."""
+def _backward(tape: list, P: List[torch.Tensor], g: torch.Tensor, grads: list, need_input: bool):
+    """Autograd's backward of :func:`_forward` from the output's gradient ``g``: a Linear's weight gradient as
+    ``g^T h`` in the weight's own layout (as torch's ``mm_mat2_backward`` gives it for ``W^T``), its input's as
+    ``g W``, its bias's as the sum of ``g`` over the rows; an activation's by :data:`ACTIVATION_GRADS`. Writes
+    ``grads[i]``; returns the input's gradient (None unless ``need_input``)."""
+    for k in range(len(tape) - 1, -1, -1):
+        if isinstance(tape[k][0], tuple):
+            (i, j), h = tape[k]
+            grads[i] = torch.bmm(g.transpose(1, 2), h)
+            if j is not None:
+                grads[j] = g.sum(1)
+            g = torch.bmm(g, P[i]) if k > 0 or need_input else None
+        else:
+            act, a, y = tape[k]
+            g = ACTIVATION_GRADS[type(act)](act, g, a, y)
+    return g
 
-    @staticmethod
-    def forward(ctx, h: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor]) -> torch.Tensor:
-        ctx.save_for_backward(h, w)  # forward(ctx, ...): no setup_context, whose signature binding costs ~50 us a call
-        return torch.bmm(h, w.transpose(1, 2)) if b is None else torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2))
 
-    @staticmethod
-    def backward(ctx, g: torch.Tensor):
-        h, w = ctx.saved_tensors
-        need = ctx.needs_input_grad
-        return (torch.bmm(g, w) if need[0] else None, torch.bmm(g.transpose(1, 2), h) if need[1] else None,
-                g.sum(1) if need[2] else None)
+_aten = torch.ops.aten
+# activation -> its backward (module, grad, input, output), autograd's own formula (derivatives.yaml)
+ACTIVATION_GRADS = {
+    nn.Tanh: lambda m, g, a, y: _aten.tanh_backward(g, y),
+    nn.ReLU: lambda m, g, a, y: _aten.threshold_backward(g, y, 0),
+    nn.ELU: lambda m, g, a, y: _aten.elu_backward(g, m.alpha, 1, 1, False, a),
+    nn.Softplus: lambda m, g, a, y: _aten.softplus_backward(g, a, m.beta, m.threshold),
+    nn.GELU: lambda m, g, a, y: _aten.gelu_backward(g, a, approximate=m.approximate),
+    nn.LeakyReLU: lambda m, g, a, y: _aten.leaky_relu_backward(g, a, m.negative_slope, False),
+}
 
 
 class Stack:
@@ -155,6 +243,7 @@ class Stack:
         self.slices = [list(zip(p.data.unbind(0), m.unbind(0), v.unbind(0), self.S[:, i].unbind(0)))
                        for i, (p, m, v) in enumerate(zip(self.P, self.M, self.V))]
         self.uniform = bool((self.S == self.S[0]).all())  # every member has taken every step
+        self.lists: Optional[Tuple[list, list, list, list]] = None  # adam_step's, while uniform
         group = members[0][1].param_groups[0]
         self.hyper = dict(beta1=group["betas"][0], beta2=group["betas"][1], weight_decay=group["weight_decay"],
                           eps=group["eps"], amsgrad=False, maximize=False, grad_scale=None, found_inf=None)
@@ -191,25 +280,33 @@ class Stack:
         groups: Dict[float, List[int]] = {}
         for j in take:
             groups.setdefault(lrs[j], []).append(j)
-        stacked = everyone and self.uniform and len(groups) == 1
+        if everyone and self.uniform and len(groups) == 1:  # the common step: the kernel's lists made once
+            if self.lists is None:
+                self.lists = self._lists(True, take)
+            params, exp_avgs, exp_avg_sqs, steps = self.lists
+            grads = [g for p, whole in zip(self.P, self.whole) for g in ((p.grad,) if whole else p.grad.unbind(0))]
+            torch._fused_adam_(params, grads, exp_avgs, exp_avg_sqs, [], steps, lr=lrs[0], **self.hyper)
+            return
         for lr, js in groups.items():
-            params, grads, exp_avgs, exp_avg_sqs, steps = [], [], [], [], []
-            for i, p in enumerate(self.P):
-                if stacked and self.whole[i]:
-                    parts = [(p.data, self.M[i], self.V[i], self.S[0, i])]
-                    grad = [p.grad]
-                else:
-                    parts = [self.slices[i][j] for j in js]
-                    g = p.grad.unbind(0)
-                    grad = [g[j] for j in js]
-                grads += grad
-                for data, m, v, step in parts:
-                    params.append(data)
-                    exp_avgs.append(m)
-                    exp_avg_sqs.append(v)
-                    steps.append(step)
+            params, exp_avgs, exp_avg_sqs, steps = self._lists(False, js)
+            grads = [p.grad[j] for p in self.P for j in js]
             # torch.optim.adam._fused_adam without its regrouping: the steps were counted above
             torch._fused_adam_(params, grads, exp_avgs, exp_avg_sqs, [], steps, lr=lr, **self.hyper)
+
+    def _lists(self, stacked: bool, js: Sequence[int]) -> Tuple[list, list, list, list]:
+        """The fused kernel's parameter, moment and step lists for members ``js``: each parameter's stacked tensors
+        where ``stacked`` and its slices are whole vectors, else its members' slices, in :meth:`adam_step`'s order
+        of gradients."""
+        params, exp_avgs, exp_avg_sqs, steps = [], [], [], []
+        for i, p in enumerate(self.P):
+            parts = [(p.data, self.M[i], self.V[i], self.S[0, i])] if stacked and self.whole[i] else \
+                [self.slices[i][j] for j in js]
+            for data, m, v, step in parts:
+                params.append(data)
+                exp_avgs.append(m)
+                exp_avg_sqs.append(v)
+                steps.append(step)
+        return params, exp_avgs, exp_avg_sqs, steps
 
 
 def _adam_state(optimizer: torch.optim.Optimizer, p: torch.Tensor) -> Dict[str, torch.Tensor]:
