@@ -78,6 +78,8 @@ class StackedELBO:
         self.standard = type(prior) is NormalPrior and bool((prior.loc == 0).all() and (prior.scale == 1).all())
         self.kl = _kl_standard_normal if self.standard else torch.vmap(prior.kl_from_normal)
         self.prior, self.likelihood, self.num_particles = prior, vae.likelihood, num_particles
+        self._bound: Optional[Tuple[List[torch.Tensor], List[torch.Tensor]]] = None  # (P, _views(P))
+        self._seeds: Dict[tuple, torch.Tensor] = {}
 
     def __call__(self, P: List[torch.Tensor], x: torch.Tensor, eps: torch.Tensor,
                  kl_weight: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -94,7 +96,7 @@ class StackedELBO:
         grads: List[Optional[torch.Tensor]] = [None] * len(P)
         with torch.no_grad():
             loss, (tapes, loc, scale, raw, out) = self._forward(P, x, eps, kl_weight)
-            g = torch.ones(R, device=x.device) / B  # d(sum_r loss_r / B) / d loss_r
+            g = self._seed_grad(R, B, x.device)
             g_kl = g if kl_weight is None else g * kl_weight
             g_loc, g_scale = self._kl_vjp(loc, scale, g_kl)
             g_lik = g.neg()  # loss = beta KL - log_lik
@@ -119,19 +121,34 @@ class StackedELBO:
         """The losses ``(R,)`` and what the backward pass reads: each network's tape, loc, scale, raw scale, out."""
         R, B, K = x.shape[0], x.shape[1], self.num_particles
         tapes: List[list] = [[], [], [], []]
-        h = _forward(self.trunk, P, x, tapes[0])
-        loc, raw = _forward(self.loc, P, h, tapes[1]), _forward(self.scale, P, h, tapes[2])  # (R, B, d) each
+        V = self._views(P)
+        h = _forward(self.trunk, V, x, tapes[0])
+        loc, raw = _forward(self.loc, V, h, tapes[1]), _forward(self.scale, V, h, tapes[2])  # (R, B, d) each
         scale = positive_scale(raw)
         kl = self.kl(loc, scale)  # (R,) = sum_b KL(q(z|x_rb) || p)
         if K > 1:  # z (R, K, B, d), as rsample_normal broadcasts loc (B, d) against eps (K, B, d)
             z = loc.unsqueeze(1) + eps * scale.unsqueeze(1)
-            out = _forward(self.decoder, P, z.reshape(R, K * B, -1), tapes[3]).reshape(R, K, B, -1)
+            out = _forward(self.decoder, V, z.reshape(R, K * B, -1), tapes[3]).reshape(R, K, B, -1)
             log_lik = self.likelihood.log_prob(out, x.unsqueeze(1)).sum((1, 2)) / K
         else:
-            out = _forward(self.decoder, P, loc + eps * scale, tapes[3])
+            out = _forward(self.decoder, V, loc + eps * scale, tapes[3])
             log_lik = self.likelihood.log_prob(out, x).sum(1)
         loss = (kl if kl_weight is None else kl_weight * kl) - log_lik
         return loss, (tapes, loc, scale, raw, out)
+
+    def _views(self, P: List[torch.Tensor]) -> List[torch.Tensor]:
+        """Each weight's ``W^T`` ``(R, in, out)`` and bias's ``b[:, None]`` ``(R, 1, out)``, views of ``P`` made once
+        per stack (they follow Adam's in-place steps)."""
+        if self._bound is None or self._bound[0] is not P:
+            self._bound = (P, [p.transpose(1, 2) if p.dim() == 3 else p.unsqueeze(1) for p in P])
+        return self._bound[1]
+
+    def _seed_grad(self, R: int, B: int, device: torch.device) -> torch.Tensor:
+        """``d(sum_r loss_r / B) / d loss_r`` ``(R,)``: the backward pass's start, as ``(loss / B).sum()`` gives it."""
+        key = (R, B, device)
+        if key not in self._seeds:
+            self._seeds[key] = torch.ones(R, device=device) / B
+        return self._seeds[key]
 
     def _kl_vjp(self, loc, scale, grad):
         """``grad`` ``(R,)`` times the KL's gradient in ``loc`` and ``scale``."""
@@ -175,14 +192,13 @@ def _plan(module: nn.Module, prefix: str, index: Dict[str, int]) -> list:
     return [(index[f"{n}.weight"], index.get(f"{n}.bias")) if isinstance(m, nn.Linear) else m for n, m in named]
 
 
-def _forward(steps: list, P: List[torch.Tensor], h: torch.Tensor, tape: list) -> torch.Tensor:
-    """The steps on ``h`` ``(R, N, in)``, each Linear ``h W^T + b`` per replica; ``tape`` gets each step's input
-    (and an activation's output) for :func:`_backward`."""
+def _forward(steps: list, V: List[torch.Tensor], h: torch.Tensor, tape: list) -> torch.Tensor:
+    """The steps on ``h`` ``(R, N, in)``, each Linear ``h W^T + b`` per replica (``V``: :meth:`StackedELBO._views`);
+    ``tape`` gets each step's input (and an activation's output) for :func:`_backward`."""
     for step in steps:
         if isinstance(step, tuple):
-            w, b = P[step[0]], None if step[1] is None else P[step[1]]
             tape.append((step, h))
-            h = torch.bmm(h, w.transpose(1, 2)) if b is None else torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2))
+            h = torch.bmm(h, V[step[0]]) if step[1] is None else torch.baddbmm(V[step[1]], h, V[step[0]])
         else:
             y = step(h)
             tape.append((step, h, y))
