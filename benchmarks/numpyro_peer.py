@@ -12,7 +12,9 @@ Two training loops, as a JAX user would write them:
 - ``jit_epoch_fn`` -- "jit per step": ``jax.jit`` of ``svi.update`` (batch gather included),
   a Python loop over the batches;
 - ``scan_epoch_fn`` -- "epoch in lax.scan": one jitted function runs every full batch of the epoch
-  in ``jax.lax.scan`` (a last short batch, if any, takes one jitted step).
+  in ``jax.lax.scan`` (a last short batch, if any, takes one jitted step);
+- ``vmap_scan_epoch_fn`` -- that epoch for R seeds at once, ``jax.vmap`` over their SVI states and
+  batch orders (the seeds benchmark's NumPyro side of "R seeds in one step").
 
 Both take the batch order from a seeded host permutation, keep the data as one device array made
 once, and ``block_until_ready`` before returning, so the caller's clock sees finished work.
@@ -190,6 +192,42 @@ def scan_epoch_fn(x, hidden, latent_dim: int, likelihood: str, batch_size: int, 
         return peer.n
 
     epoch.peer, epoch.mean_loss = peer, math.nan
+    return epoch
+
+
+def vmap_scan_epoch_fn(x, hidden, latent_dim: int, likelihood: str, batch_size: int, lr: float,
+                       seeds: Sequence[int] = (0,), device: str = "cpu") -> Callable[[], int]:
+    """"R seeds in one vmapped scan": ``scan_epoch_fn``'s epoch for each seed (its own initial parameters, z
+    draws and batch order), ``jax.vmap`` over the R SVI states ``(R, ...)`` and batch orders
+    ``(R, num_batches, B)``, one jitted call an epoch; returns examples seen by all R models together."""
+    peers = [_Peer(x, hidden, latent_dim, likelihood, batch_size, lr, seed, device) for seed in seeds]
+    first = peers[0]
+    full = first.n // batch_size
+    # SVI.update reads the parameters from its state, not the closure's initial values: one SVI steps all R
+    state = jax.tree_util.tree_map(lambda *leaves: jnp.stack(leaves), *[p.state for p in peers])
+    update = jax.vmap(first.svi.update, in_axes=(0, 0))
+
+    @jax.jit
+    def run(state, x, idx):  # idx: (R, num_batches, batch_size)
+        def body(state, i):  # i: (R, batch_size)
+            return update(state, x[i])
+
+        state, losses = jax.lax.scan(body, state, jnp.swapaxes(idx, 0, 1))
+        return state, losses.sum(0)
+
+    step = jax.jit(lambda state, x, idx: update(state, x[idx]))
+
+    def epoch() -> int:
+        perms = np.stack([p.order.permutation(first.n) for p in peers])
+        epoch.state, totals = run(epoch.state, first.x, perms[:, :full * batch_size].reshape(len(peers), full, -1))
+        if full * batch_size < first.n:  # each model's short last batch, as scan_epoch_fn takes it
+            epoch.state, losses = step(epoch.state, first.x, perms[:, full * batch_size:])
+            totals = totals + losses
+        jax.block_until_ready((epoch.state, totals))
+        epoch.mean_losses = np.asarray(totals) / math.ceil(first.n / batch_size)
+        return len(peers) * first.n
+
+    epoch.state, epoch.peers, epoch.mean_losses = jax.device_put(state, first.device), peers, None
     return epoch
 
 

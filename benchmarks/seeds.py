@@ -15,7 +15,9 @@ Shapes: digits 64-64-2 at ``train.batch_size``'s default 64 (normal likelihood) 
 Where ``import numpyro`` works (the ``bench`` extra), each row also times one model of the NumPyro peer with
 its whole epoch jitted in ``lax.scan`` (``numpyro_peer.scan_epoch_fn``, the fastest single-model loop of
 ``benchmarks/training.py``), interleaved in the same rounds, and reports the replicas' aggregate rate as a
-multiple of that one model's: R seeds at the cost of one, against the best one-seed loop on the machine.
+multiple of that one model's: R seeds at the cost of one, against the best one-seed loop on the machine; and R
+models of the peer with that epoch vmapped over their seeds (``numpyro_peer.vmap_scan_epoch_fn``): R seeds in
+one step on JAX's side too.
 JAX runs on XLA's own thread pool: one compute thread with ``--threads 1`` (``training.configure_jax``), else
 all cores.
 
@@ -47,6 +49,7 @@ CASES = [training.Case("digits 64-64-2", "digits", 64, 64, 2, "normal", 64),
          training.Case("MNIST-shaped 784-400-50", "generated", 784, 400, 50, "bernoulli", 128)]
 REPLICAS = (1, 4, 8, 16)
 PEER = "numpyro[scan]"  # one model, its epoch in lax.scan
+PEER_VMAP = "numpyro[vmap]"  # R models, that epoch vmapped over their states and batch orders
 QUICK_REPLICAS = (1, 4)
 
 
@@ -110,6 +113,14 @@ def numpyro_epoch_fn(case: training.Case, data, device: str) -> Callable[[], int
                          training.LR, seed=1, device=device)
 
 
+def numpyro_seeds_epoch_fn(case: training.Case, data, r: int, device: str) -> Callable[[], int]:
+    """One epoch of R models of the NumPyro peer (seeds 1..R), the scan epoch vmapped over them (the ``bench`` extra)."""
+    from .numpyro_peer import vmap_scan_epoch_fn
+
+    return vmap_scan_epoch_fn(data.train.numpy(), case.hidden, case.latent_dim, case.likelihood, case.batch_size,
+                              training.LR, seeds=range(1, r + 1), device=device)
+
+
 def run_case(case: training.Case, r: int, rounds: int, device: str = "cpu", numpyro: bool = False) -> Dict:
     data = training.dataset(case)
     cfgs = configs(case, r, device)
@@ -122,7 +133,9 @@ def run_case(case: training.Case, r: int, rounds: int, device: str = "cpu", nump
         growth[name] = max(rss_bytes() - before, 0) / r
     if numpyro:
         runners[PEER] = numpyro_epoch_fn(case, data, device)
-        timed(runners[PEER], cuda)  # the warm-up epoch compiles the scan
+        runners[PEER_VMAP] = numpyro_seeds_epoch_fn(case, data, r, device)
+        for name in (PEER, PEER_VMAP):
+            timed(runners[name], cuda)  # the warm-up epoch compiles the scan
     rates: Dict[str, List[float]] = {n: [] for n in runners}
     for k in range(rounds):
         for name in (list(runners) if k % 2 == 0 else list(runners)[::-1]):
@@ -135,6 +148,8 @@ def run_case(case: training.Case, r: int, rounds: int, device: str = "cpu", nump
             "ratio_to_sequential": statistics.median(a / b for a, b in zip(rates["replicas"], rates["sequential"])),
             **({"ratio_to_numpyro_scan": statistics.median(a / b for a, b in zip(rates["replicas"], rates[PEER]))}
                if PEER in rates else {}),
+            **({"ratio_to_numpyro_vmap": statistics.median(a / b for a, b in zip(rates["replicas"], rates[PEER_VMAP]))}
+               if PEER_VMAP in rates else {}),
             "bytes_per_replica": memory, "rss_growth_per_replica": growth}
 
 
@@ -161,15 +176,19 @@ def markdown(result: Dict) -> str:
     if not result.get("available"):
         return result["note"] + "\n"
     peer = any("ratio_to_numpyro_scan" in row for row in result["rows"])
+    vmap = any("ratio_to_numpyro_vmap" in row for row in result["rows"])
     extra = " | numpyro[scan] ex/s, one model | replicas / one numpyro[scan] model" if peer else ""
+    extra += " | numpyro[vmap] ex/s, R models | replicas / numpyro[vmap]" if vmap else ""
     lines = ["| shape, likelihood, batch | R | R sequential runs ex/s | R replicas ex/s | replicas / sequential"
              + extra + " | KiB per replica (params + grads + Adam) "
              "| RSS growth per replica, KiB (replicas / sequential) |",
-             "|---" * (9 if peer else 7) + "|"]
+             "|---" * (7 + 2 * peer + 2 * vmap) + "|"]
     for row in result["rows"]:
         rate, growth = row["examples_per_second"], row["rss_growth_per_replica"]
         vs_peer = (f" | {rate[PEER]:.0f} | {row['ratio_to_numpyro_scan']:.2f}x" if PEER in rate else " | n/a | n/a") \
             if peer else ""
+        vs_peer += (f" | {rate[PEER_VMAP]:.0f} | {row['ratio_to_numpyro_vmap']:.2f}x" if PEER_VMAP in rate
+                    else " | n/a | n/a") if vmap else ""
         lines.append(f"| {row['case']}, {row['likelihood']}, B={row['batch_size']} | {row['replicas']} "
                      f"| {rate['sequential']:.0f} | {rate['replicas']:.0f} "
                      f"| {row['ratio_to_sequential']:.2f}x{vs_peer} "
@@ -181,6 +200,10 @@ def markdown(result: Dict) -> str:
         threads = result["numpyro"].get("threads", "XLA's default pool (all usable cores)")
         lines += ["", f"numpyro[scan]: one model of the NumPyro peer per row ({result['numpyro']['note']}), its epoch "
                   f"in lax.scan; JAX threads: {threads}."]
+    if vmap:
+        lines += ["", "numpyro[vmap]: R models of the NumPyro peer (seeds 1..R), that scan epoch vmapped over their "
+                  "SVI states and batch orders, one jitted call an epoch; each model takes the steps it takes "
+                  "alone (`benchmarks/numpyro_peer.py`)."]
     return "\n".join(lines) + "\n"
 
 
