@@ -114,7 +114,7 @@ def numpyro_epoch_fn(case: training.Case, data, device: str) -> Callable[[], int
 
 
 def numpyro_seeds_epoch_fn(case: training.Case, data, r: int, device: str) -> Callable[[], int]:
-    """One epoch of R models of the NumPyro peer (seeds 1..R), the scan epoch vmapped over them (the ``bench`` extra)."""
+    """One epoch of R models of the NumPyro peer (seeds 1..R), the scan epoch vmapped over them (``bench`` extra)."""
     from .numpyro_peer import vmap_scan_epoch_fn
 
     return vmap_scan_epoch_fn(data.train.numpy(), case.hidden, case.latent_dim, case.likelihood, case.batch_size,

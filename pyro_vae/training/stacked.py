@@ -4,8 +4,8 @@ r"""Replicas of one stock VAE stacked along a leading dimension: their ELBO in b
 :class:`StackedELBO` computes every replica's loss in one pass over them, each ``nn.Linear`` becoming one
 ``baddbmm`` over the replica dimension, and its gradient by a hand-written backward pass in autograd's own
 formulas (:meth:`StackedELBO.loss_and_grad`: at the digits' shapes autograd's graph and per-node dispatch cost
-more than the arithmetic; without them a stacked step of 8 digits replicas took 0.85-0.93 ms against 1.23-1.33 ms on a Xeon);
-:meth:`Stack.adam_step` runs torch's fused Adam kernel on them. Adam
+more than the arithmetic; without them a stacked step of 8 digits replicas took 0.85-0.93 ms against
+1.23-1.33 ms on a Xeon); :meth:`Stack.adam_step` runs torch's fused Adam kernel on them. Adam
 is elementwise, so one kernel over stacked tensors is R Adams, but the CPU kernel rounds a vector's elements
 and a tensor's tail (its last ``numel mod`` vector-width elements) differently; so a stacked tensor is
 stepped whole only where every replica's slice is whole vectors (:data:`WHOLE_VECTORS`) and every replica
