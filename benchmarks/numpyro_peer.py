@@ -140,8 +140,7 @@ class _Peer:
         # committed to the device like every later state, or jit would compile each function twice
         self.state = jax.device_put(state, self.device)
         self.order = np.random.default_rng(seed + 2)
-        # the batch gather lives inside the jitted step, as the torch loop's x[idx] precedes its step
-        self.step = jax.jit(lambda state, x, idx: self.svi.update(state, x[idx]))
+        self.step = _gathered(self.svi.update)
 
     def params(self) -> Params:
         return self.svi.get_params(self.state)
@@ -167,27 +166,47 @@ def jit_epoch_fn(x, hidden, latent_dim: int, likelihood: str, batch_size: int, l
     return epoch
 
 
+def _gathered(update: Callable) -> Callable:
+    """``update`` with the batch gather inside, jitted: ``(state, x, idx) -> update(state, x[idx])``, as the
+    torch loop's ``x[idx]`` precedes its step."""
+    return jax.jit(lambda state, x, idx: update(state, x[idx]))
+
+
+def _scanned(update: Callable) -> Callable:
+    """One jitted ``lax.scan`` of ``update`` over the batches: ``(state, x, idx) -> (state, losses)``, ``idx``
+    ``(num_batches, ...)``, step k on ``x[idx[k]]``."""
+    @jax.jit
+    def run(state, x, idx):
+        return jax.lax.scan(lambda state, i: update(state, x[i]), state, idx)
+
+    return run
+
+
+def _scan_epoch(run: Callable, step: Callable, state, x, perm: np.ndarray, batch_size: int):
+    """One epoch in the order ``perm`` ``([R,] n)``: its full batches in ``run`` (:func:`_scanned`), a short last
+    batch, as torch's ``randperm(n).split(B)`` keeps it, in ``step`` (:func:`_gathered`); returns the state and the
+    summed losses ``([R])``, finished."""
+    n = perm.shape[-1]
+    full = n // batch_size
+    batches = perm[..., :full * batch_size].reshape(*perm.shape[:-1], full, batch_size)
+    state, losses = run(state, x, np.moveaxis(batches, -2, 0))  # (num_batches, [R,] B)
+    total = losses.sum(0)
+    if full * batch_size < n:
+        state, loss = step(state, x, perm[..., full * batch_size:])
+        total = total + loss
+    jax.block_until_ready((state, total))
+    return state, total
+
+
 def scan_epoch_fn(x, hidden, latent_dim: int, likelihood: str, batch_size: int, lr: float, seed: int = 0,
                   device: str = "cpu", params0=None) -> Callable[[], int]:
     """"epoch in lax.scan": one jitted ``lax.scan`` over the epoch's full batches; returns examples seen."""
     peer = _Peer(x, hidden, latent_dim, likelihood, batch_size, lr, seed, device, params0)
-    full = peer.n // batch_size
-
-    @jax.jit
-    def run(state, x, idx):  # idx: (num_batches, batch_size)
-        def body(state, i):
-            return peer.svi.update(state, x[i])
-
-        return jax.lax.scan(body, state, idx)
+    run = _scanned(peer.svi.update)
 
     def epoch() -> int:
-        perm = peer.order.permutation(peer.n)
-        peer.state, losses = run(peer.state, peer.x, perm[:full * batch_size].reshape(full, batch_size))
-        total = losses.sum()
-        if full * batch_size < peer.n:  # the short last batch, as torch's randperm(n).split(B) keeps it
-            peer.state, loss = peer.step(peer.state, peer.x, perm[full * batch_size:])
-            total = total + loss
-        jax.block_until_ready((peer.state, total))
+        peer.state, total = _scan_epoch(run, peer.step, peer.state, peer.x, peer.order.permutation(peer.n),
+                                        batch_size)
         epoch.mean_loss = float(total) / math.ceil(peer.n / batch_size)
         return peer.n
 
@@ -198,36 +217,24 @@ def scan_epoch_fn(x, hidden, latent_dim: int, likelihood: str, batch_size: int, 
 def vmap_scan_epoch_fn(x, hidden, latent_dim: int, likelihood: str, batch_size: int, lr: float,
                        seeds: Sequence[int] = (0,), device: str = "cpu") -> Callable[[], int]:
     """"R seeds in one vmapped scan": ``scan_epoch_fn``'s epoch for each seed (its own initial parameters, z
-    draws and batch order), ``jax.vmap`` over the R SVI states ``(R, ...)`` and batch orders
-    ``(R, num_batches, B)``, one jitted call an epoch; returns examples seen by all R models together."""
+    draws and batch order), ``jax.vmap`` over the R SVI states ``(R, ...)`` and batch orders ``(R, n)``, one
+    jitted call an epoch; returns examples seen by all R models together."""
     peers = [_Peer(x, hidden, latent_dim, likelihood, batch_size, lr, seed, device) for seed in seeds]
-    first = peers[0]
-    full = first.n // batch_size
+    first, orders = peers[0], [p.order for p in peers]
     # SVI.update reads the parameters from its state, not the closure's initial values: one SVI steps all R
-    state = jax.tree_util.tree_map(lambda *leaves: jnp.stack(leaves), *[p.state for p in peers])
-    update = jax.vmap(first.svi.update, in_axes=(0, 0))
-
-    @jax.jit
-    def run(state, x, idx):  # idx: (R, num_batches, batch_size)
-        def body(state, i):  # i: (R, batch_size)
-            return update(state, x[i])
-
-        state, losses = jax.lax.scan(body, state, jnp.swapaxes(idx, 0, 1))
-        return state, losses.sum(0)
-
-    step = jax.jit(lambda state, x, idx: update(state, x[idx]))
+    update = jax.vmap(first.svi.update)
+    run, step = _scanned(update), _gathered(update)
 
     def epoch() -> int:
-        perms = np.stack([p.order.permutation(first.n) for p in peers])
-        epoch.state, totals = run(epoch.state, first.x, perms[:, :full * batch_size].reshape(len(peers), full, -1))
-        if full * batch_size < first.n:  # each model's short last batch, as scan_epoch_fn takes it
-            epoch.state, losses = step(epoch.state, first.x, perms[:, full * batch_size:])
-            totals = totals + losses
-        jax.block_until_ready((epoch.state, totals))
+        perms = np.stack([order.permutation(first.n) for order in orders])
+        epoch.state, totals = _scan_epoch(run, step, epoch.state, first.x, perms, batch_size)
         epoch.mean_losses = np.asarray(totals) / math.ceil(first.n / batch_size)
-        return len(peers) * first.n
+        return len(orders) * first.n
 
-    epoch.state, epoch.peers, epoch.mean_losses = jax.device_put(state, first.device), peers, None
+    # the other peers' data copies go with them: every model reads first.x
+    epoch.state = jax.device_put(jax.tree_util.tree_map(lambda *leaves: jnp.stack(leaves), *[p.state for p in peers]),
+                                 first.device)
+    epoch.mean_losses = None
     return epoch
 
 

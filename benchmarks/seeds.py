@@ -50,6 +50,9 @@ CASES = [training.Case("digits 64-64-2", "digits", 64, 64, 2, "normal", 64),
 REPLICAS = (1, 4, 8, 16)
 PEER = "numpyro[scan]"  # one model, its epoch in lax.scan
 PEER_VMAP = "numpyro[vmap]"  # R models, that epoch vmapped over their states and batch orders
+# peer -> its row key for the replicas' ratio, and its two table headers
+PEER_COLUMNS = {PEER: ("ratio_to_numpyro_scan", "numpyro[scan] ex/s, one model", "replicas / one numpyro[scan] model"),
+                PEER_VMAP: ("ratio_to_numpyro_vmap", "numpyro[vmap] ex/s, R models", "replicas / numpyro[vmap]")}
 QUICK_REPLICAS = (1, 4)
 
 
@@ -142,14 +145,15 @@ def run_case(case: training.Case, r: int, rounds: int, device: str = "cpu", nump
             pyro.clear_param_store()
             rates[name].append(timed(runners[name], cuda))
     memory = runners["replicas"].trainer.bytes_per_replica()
+
+    def ratio(other: str) -> float:  # the median of per-round ratios: a load spike that slows a round cancels
+        return statistics.median(a / b for a, b in zip(rates["replicas"], rates[other]))
+
     return {"case": case.name, "likelihood": case.likelihood, "batch_size": case.batch_size, "replicas": r,
             "n_train": len(data.train), "rounds": rounds, "device": device,
             "examples_per_second": {n: statistics.median(v) for n, v in rates.items()}, "all_rounds": rates,
-            "ratio_to_sequential": statistics.median(a / b for a, b in zip(rates["replicas"], rates["sequential"])),
-            **({"ratio_to_numpyro_scan": statistics.median(a / b for a, b in zip(rates["replicas"], rates[PEER]))}
-               if PEER in rates else {}),
-            **({"ratio_to_numpyro_vmap": statistics.median(a / b for a, b in zip(rates["replicas"], rates[PEER_VMAP]))}
-               if PEER_VMAP in rates else {}),
+            "ratio_to_sequential": ratio("sequential"),
+            **{key: ratio(peer) for peer, (key, *_) in PEER_COLUMNS.items() if peer in rates},
             "bytes_per_replica": memory, "rss_growth_per_replica": growth}
 
 
@@ -175,20 +179,16 @@ def markdown(result: Dict) -> str:
     """The seeds table: per shape and R, both aggregate rates, their ratio and the memory per replica."""
     if not result.get("available"):
         return result["note"] + "\n"
-    peer = any("ratio_to_numpyro_scan" in row for row in result["rows"])
-    vmap = any("ratio_to_numpyro_vmap" in row for row in result["rows"])
-    extra = " | numpyro[scan] ex/s, one model | replicas / one numpyro[scan] model" if peer else ""
-    extra += " | numpyro[vmap] ex/s, R models | replicas / numpyro[vmap]" if vmap else ""
+    shown = {p: c for p, c in PEER_COLUMNS.items() if any(c[0] in row for row in result["rows"])}
+    extra = "".join(f" | {rate_header} | {ratio_header}" for _, rate_header, ratio_header in shown.values())
     lines = ["| shape, likelihood, batch | R | R sequential runs ex/s | R replicas ex/s | replicas / sequential"
              + extra + " | KiB per replica (params + grads + Adam) "
              "| RSS growth per replica, KiB (replicas / sequential) |",
-             "|---" * (7 + 2 * peer + 2 * vmap) + "|"]
+             "|---" * (7 + 2 * len(shown)) + "|"]
     for row in result["rows"]:
         rate, growth = row["examples_per_second"], row["rss_growth_per_replica"]
-        vs_peer = (f" | {rate[PEER]:.0f} | {row['ratio_to_numpyro_scan']:.2f}x" if PEER in rate else " | n/a | n/a") \
-            if peer else ""
-        vs_peer += (f" | {rate[PEER_VMAP]:.0f} | {row['ratio_to_numpyro_vmap']:.2f}x" if PEER_VMAP in rate
-                    else " | n/a | n/a") if vmap else ""
+        vs_peer = "".join(f" | {rate[p]:.0f} | {row[key]:.2f}x" if p in rate else " | n/a | n/a"
+                          for p, (key, *_) in shown.items())
         lines.append(f"| {row['case']}, {row['likelihood']}, B={row['batch_size']} | {row['replicas']} "
                      f"| {rate['sequential']:.0f} | {rate['replicas']:.0f} "
                      f"| {row['ratio_to_sequential']:.2f}x{vs_peer} "
@@ -196,11 +196,11 @@ def markdown(result: Dict) -> str:
                      f"| {growth['replicas'] / 1024:.0f} / {growth['sequential'] / 1024:.0f} |")
     lines += ["", "Aggregate examples/s: R x training rows per second of one epoch's steps (no validation). Replica r "
               "trains as its single-seed run does, to float rounding (`pyro_vae/training/replicas.py`)."]
-    if peer:
+    if PEER in shown:
         threads = result["numpyro"].get("threads", "XLA's default pool (all usable cores)")
         lines += ["", f"numpyro[scan]: one model of the NumPyro peer per row ({result['numpyro']['note']}), its epoch "
                   f"in lax.scan; JAX threads: {threads}."]
-    if vmap:
+    if PEER_VMAP in shown:
         lines += ["", "numpyro[vmap]: R models of the NumPyro peer (seeds 1..R), that scan epoch vmapped over their "
                   "SVI states and batch orders, one jitted call an epoch; each model takes the steps it takes "
                   "alone (`benchmarks/numpyro_peer.py`)."]
